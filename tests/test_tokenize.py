@@ -154,8 +154,9 @@ def test_folder_loads_both_ways_and_holds_processor_and_metadata(data_dir, tmp_p
     from_disk = datasets.load_from_disk(str(out))
     from_files = datasets.load_dataset("arrow", data_files=f"{out}/*.arrow", split="train")
     assert from_disk["input_ids"] == from_files["input_ids"] and len(from_disk) == 3
-    assert from_disk.features["pixel_values"].dtype == "float32"
+    assert from_disk.features["pixel_values"].dtype == "uint8"
     metadata = json.loads((out / "vlmdata.json").read_text())
+    assert metadata["pixel_storage"] == {"pixel_values": "uint8 codes + rescale/normalise table"}
     assert metadata["stage"] == "tokenize" and metadata["chat_template"] == "gemma3"
     assert metadata["summary"]["tokens"] == summary.tokens == sum(from_disk["length"])
     assert 0 < metadata["summary"]["trained_fraction"] < 1 and "p50" in metadata["summary"]["length_percentiles"]

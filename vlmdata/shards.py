@@ -14,8 +14,12 @@ Storage. Numbers are stored as typed Arrow arrays, never Python lists, never flo
   Qwen2-VL's `[patches, 1176]`) is an `ArrayND` column with a free first dimension; one whose other
   dimensions vary (Pixtral's pixel values follow each image's size) is a flat list plus a `<name>_shape`
   column;
-- floating point pixels are stored as float32: exactly what the processor computes, so rebuilt tensors are
-  bit-identical. Integers are stored as int32 (checked to fit) and rebuilt with the processor's dtype.
+- pixel values are stored as uint8 codes with the processor's own rescale/normalise table
+  (`vlmdata.pixels`): a quarter of float32, and rebuilt bit-identically. Each row is checked as it is
+  encoded; a row the table cannot reproduce keeps its float32 values in `<name>_float` instead, and padding
+  zeros go to `<name>_zeros`. Pixels of a processor without such a table, and other floats (audio
+  features), are stored as float32, exactly what the processor computes. Integers are stored as int32
+  (checked to fit) and rebuilt with the processor's dtype.
 A row without some tensor (a text-only row has no pixels) stores it empty (first dimension 0, or an empty
 shape) and the reader leaves it out, as the processor does.
 
@@ -40,6 +44,7 @@ import torch
 from datasets.arrow_writer import TypedSequence
 
 from vlmdata.errors import RowError
+from vlmdata.pixels import PixelCodec
 
 METADATA_FILE = "vlmdata.json"
 PROCESSOR_DIR = "processor"
@@ -48,6 +53,7 @@ PROCESSOR_DIR = "processor"
 NOT_STORED = ("attention_mask", "assistant_masks")
 ARRAY_TYPES = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5: datasets.Array5D}
 INT32 = np.iinfo(np.int32)
+FLOAT_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16", "torch.float64")
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class TensorSpec:
         dtype: the torch dtype the processor returns, restored on reading (`torch.float32`).
         stored_dtype: the numpy dtype of the stored values.
         tail: the fixed dimensions after the first ("array" storage only).
+        codec: for pixels stored as uint8 codes, the table that turns them back into the processor's floats.
     """
 
     name: str
@@ -69,16 +76,22 @@ class TensorSpec:
     dtype: str
     stored_dtype: str
     tail: tuple[int, ...] = ()
+    codec: PixelCodec | None = None
 
     def feature(self) -> dict[str, Any]:
         """The `datasets` feature(s) of this tensor's column(s)."""
         value = datasets.Value(self.stored_dtype)
         if self.storage == "array":
             shape = (None, *self.tail)
-            return {self.name: ARRAY_TYPES[len(shape)](shape=shape, dtype=self.stored_dtype)}
-        if self.storage == "list":
-            return {self.name: datasets.List(value)}
-        return {self.name: datasets.List(value), f"{self.name}_shape": datasets.List(datasets.Value("int32"))}
+            columns = {self.name: ARRAY_TYPES[len(shape)](shape=shape, dtype=self.stored_dtype)}
+        elif self.storage == "list":
+            columns = {self.name: datasets.List(value)}
+        else:
+            columns = {self.name: datasets.List(value), f"{self.name}_shape": datasets.List(datasets.Value("int32"))}
+        if self.codec is not None:
+            columns[f"{self.name}_zeros"] = datasets.List(datasets.Value("int64"))
+            columns[f"{self.name}_float"] = datasets.List(datasets.Value("float32"))
+        return columns
 
 
 @dataclass(frozen=True)
@@ -107,16 +120,27 @@ class TensorLayout:
     def from_dict(cls, data: dict[str, Any]) -> "TensorLayout":
         specs = []
         for spec in data["tensors"]:
-            specs.append(TensorSpec(**{**spec, "tail": tuple(spec["tail"])}))
+            codec = PixelCodec.from_dict(spec["codec"]) if spec.get("codec") else None
+            specs.append(TensorSpec(**{**spec, "tail": tuple(spec["tail"]), "codec": codec}))
         return cls(tuple(specs))
 
+    def pixel_storage(self) -> dict[str, str]:
+        """How each floating point tensor is stored, for the metadata file."""
+        return {
+            spec.name: "uint8 codes + rescale/normalise table" if spec.codec else spec.stored_dtype
+            for spec in self.tensors
+            if spec.dtype in FLOAT_DTYPES
+        }
 
-def probe_layout(outputs: list[dict[str, torch.Tensor]]) -> TensorLayout:
+
+def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None) -> TensorLayout:
     """Finds how to store each tensor from the processor's outputs for a few different rows.
 
     Args:
         outputs: `apply_chat_template(..., return_tensors="pt")` results for rows with differently sized
             images (and numbers of images), so that dimensions that vary show up as varying.
+        image_processor: the processor's image processor, whose rescale/normalise table lets pixel values
+            be stored as uint8 codes; without it they are stored as float32.
     """
     names = sorted({name for output in outputs for name in output if name not in NOT_STORED and name != "input_ids"})
     specs = []
@@ -136,7 +160,11 @@ def probe_layout(outputs: list[dict[str, torch.Tensor]]) -> TensorLayout:
             storage, tail = "array", shapes[0][1:]
         else:
             storage, tail = "flat", ()
-        specs.append(TensorSpec(name, per_token, storage, str(dtype), stored_dtype, tail))
+        codec = None
+        if name.startswith("pixel_values") and dtype.is_floating_point and image_processor is not None:
+            codec = PixelCodec.find(image_processor, [output[name].float().numpy() for output in present])
+            stored_dtype = "uint8" if codec else stored_dtype
+        specs.append(TensorSpec(name, per_token, storage, str(dtype), stored_dtype, tail, codec))
     return TensorLayout(tuple(specs))
 
 
@@ -169,9 +197,24 @@ def encode_tensors(outputs: dict[str, torch.Tensor], layout: TensorLayout) -> di
             raise RowError(f"{spec.name} has shape {list(array.shape)}, expected [*, {', '.join(map(str, spec.tail))}]")
         if spec.storage == "flat":
             columns[f"{spec.name}_shape"] = np.asarray(array.shape, dtype=np.int32)
-            array = array.reshape(-1)
-        columns[spec.name] = array
+        if spec.codec is not None:
+            columns.update(_encode_pixels(array, spec))
+        else:
+            columns[spec.name] = array.reshape(-1) if spec.storage == "flat" else array
     return columns
+
+
+def _encode_pixels(values: np.ndarray, spec: TensorSpec) -> dict[str, np.ndarray]:
+    encoded = spec.codec.encode(values)
+    if encoded is None:  # not reproducible from codes: this row keeps its float32 values
+        empty = _empty(spec)[spec.name]
+        return {spec.name: empty, f"{spec.name}_zeros": np.zeros(0, np.int64), f"{spec.name}_float": values.reshape(-1)}
+    codes, zero_runs = encoded
+    return {
+        spec.name: codes.reshape(-1) if spec.storage == "flat" else codes,
+        f"{spec.name}_zeros": zero_runs.reshape(-1),
+        f"{spec.name}_float": np.zeros(0, np.float32),
+    }
 
 
 def _to_numpy(tensor: torch.Tensor, spec: TensorSpec) -> np.ndarray:
@@ -180,15 +223,19 @@ def _to_numpy(tensor: torch.Tensor, spec: TensorSpec) -> np.ndarray:
     array = tensor.detach().cpu().numpy()
     if spec.stored_dtype == "int32" and array.size and (array.min() < INT32.min or array.max() > INT32.max):
         raise RowError(f"{spec.name} holds values outside int32")
-    return np.ascontiguousarray(array.astype(spec.stored_dtype, copy=False))
+    dtype = "float32" if spec.codec is not None else spec.stored_dtype  # codes are made from the floats
+    return np.ascontiguousarray(array.astype(dtype, copy=False))
 
 
 def _empty(spec: TensorSpec) -> dict[str, np.ndarray]:
+    columns = {spec.name: np.zeros(0, dtype=spec.stored_dtype)}
     if spec.storage == "array":
-        return {spec.name: np.zeros((0, *spec.tail), dtype=spec.stored_dtype)}
+        columns = {spec.name: np.zeros((0, *spec.tail), dtype=spec.stored_dtype)}
     if spec.storage == "flat":
-        return {spec.name: np.zeros(0, dtype=spec.stored_dtype), f"{spec.name}_shape": np.zeros(0, dtype=np.int32)}
-    return {spec.name: np.zeros(0, dtype=spec.stored_dtype)}
+        columns[f"{spec.name}_shape"] = np.zeros(0, dtype=np.int32)
+    if spec.codec is not None:
+        columns.update({f"{spec.name}_zeros": np.zeros(0, np.int64), f"{spec.name}_float": np.zeros(0, np.float32)})
+    return columns
 
 
 def rows_to_table(rows: list[dict[str, Any]], features: datasets.Features) -> pa.Table:
@@ -225,14 +272,28 @@ def model_inputs(row: dict[str, Any], layout: TensorLayout) -> dict[str, torch.T
         "labels": torch.as_tensor(np.asarray(row["labels"]), dtype=torch.long)[None],
     }
     for spec in layout.tensors:
-        array = np.asarray(row[spec.name], dtype=spec.stored_dtype)
-        if spec.storage == "flat":
-            shape = [int(size) for size in np.asarray(row[f"{spec.name}_shape"])]
-            if not shape:
-                continue
-            array = array.reshape(shape)
-        elif array.shape[0] == 0:
+        array = _stored_array(row, spec)
+        if array is None:
             continue
         tensor = torch.from_numpy(np.ascontiguousarray(array)).to(getattr(torch, spec.dtype[6:]))
         inputs[spec.name] = tensor[None] if spec.per_token else tensor
     return inputs
+
+
+def _stored_array(row: dict[str, Any], spec: TensorSpec) -> np.ndarray | None:
+    """A tensor's values in the processor's shape, or None when the row has none."""
+    if spec.codec is not None and len(row[f"{spec.name}_float"]):
+        array = np.asarray(row[f"{spec.name}_float"], dtype=np.float32)
+        shape = np.asarray(row[f"{spec.name}_shape"]) if spec.storage == "flat" else (-1, *spec.tail)
+        return array.reshape([int(size) for size in shape])
+    array = np.asarray(row[spec.name], dtype=spec.stored_dtype)
+    if spec.storage == "flat":
+        shape = [int(size) for size in np.asarray(row[f"{spec.name}_shape"])]
+        if not shape:
+            return None
+        array = array.reshape(shape)
+    elif array.shape[0] == 0:
+        return None
+    if spec.codec is not None:
+        array = spec.codec.decode(array, row[f"{spec.name}_zeros"])
+    return array

@@ -4,8 +4,8 @@ Every row goes through the processor's own `apply_chat_template(..., tokenize=Tr
 packaged chat template (the official string, plus `{% generation %}` markers), so the shards hold exactly what
 a user gets from the processor; the assistant mask it returns becomes the labels (`vlmdata.labels`). Rows
 stream in batches through worker processes (`map_in_order`), so memory stays flat and the shards are the
-same for any `num_proc`. How tensors are stored is described in `vlmdata.shards`: float32 pixels, typed Arrow
-arrays, rebuilt bit-exactly by `vlmdata.shards.model_inputs`.
+same for any `num_proc`. How tensors are stored is described in `vlmdata.shards`: uint8 pixel codes, typed
+Arrow arrays, rebuilt bit-exactly by `vlmdata.shards.model_inputs`.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ def tokenize(
             "so the trained tokens cannot be found; use a packaged template or add the markers."
         )
     options = TokenizeOptions(loaded.checkpoint, template, train_on, max_length, truncate)
-    layout = probe_layout(_probe_outputs(loaded, template))
+    layout = probe_layout(_probe_outputs(loaded, template), getattr(loaded.processor, "image_processor", None))
     summary = TokenizeSummary(str(out_dir), model, loaded.family.alias, template_name)
     lengths: Counter[int] = Counter()
 
@@ -197,8 +197,11 @@ def _read_dataset(data_dir: str | Path) -> datasets.Dataset:
     if not isinstance(dataset, datasets.Dataset) or "messages" not in dataset.column_names:
         raise FatalError(f"{str(data_dir)!r} is not a normalised dataset (one split with a 'messages' column).")
     if "images" in dataset.column_names:
-        # Workers decode the images: the main process only moves their encoded bytes.
-        dataset = dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))
+        # Workers decode the images: the main process only moves their encoded bytes. Only the feature changes,
+        # the Arrow data stays memory-mapped (`cast_column` would rewrite the whole dataset to a cache file).
+        info = dataset.info.copy()
+        info.features = datasets.Features({**dataset.features, "images": datasets.List(datasets.Image(decode=False))})
+        dataset = datasets.Dataset(dataset.data, info=info, split=dataset.split)
     return dataset
 
 
@@ -394,7 +397,7 @@ def _metadata(data_dir, options: TokenizeOptions, template_name, num_proc, layou
         "stage": "tokenize",
         "model": {"name": summary.model, "checkpoint": options.checkpoint, "family": summary.family},
         "chat_template": template_name,
-        "pixel_storage": "float32",
+        "pixel_storage": layout.pixel_storage(),
         "versions": versions,
         "arguments": arguments,
         "layout": layout.to_dict(),

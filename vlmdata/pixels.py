@@ -1,0 +1,158 @@
+"""Compact pixel storage: the resized uint8 pixels, with the processor's rescale and normalise replayed on load.
+
+Image processors resize in uint8 and only then rescale and normalise, elementwise and per channel: every float
+in `pixel_values` is one of 256 values per channel. Storing the uint8 code of each value (a quarter of the
+float32 bytes) and a 256-entry table per channel loses nothing, provided the table holds exactly the floats
+the processor computes. So the table is made by the image processor's own `rescale_and_normalize` applied to
+the codes 0..255, and every row is checked when encoded: a value the table cannot reproduce bit for bit makes
+that row fall back to float32. Zeros are the one exception worth handling: Pixtral and Mllama pad images and
+tiles with 0.0 after normalising, which no code gives, so exact zeros are kept as runs of flat positions.
+
+Where the channel of a value sits depends on the family: a `[images, 3, H, W]` axis for most, the leading factor
+of the flattened patch for Qwen2-VL (`[patches, 3 * 2 * 14 * 14]`). `PixelCodec.find` tries the possible places
+on the probe rows and keeps the one that reproduces them.
+
+Example:
+    >>> codec = PixelCodec.find(processor.image_processor, [probe["pixel_values"]])  # doctest: +SKIP
+    >>> codes, zeros = codec.encode(pixels)  # uint8 codes and runs of zeros; None when not exact  # doctest: +SKIP
+    >>> np.array_equal(codec.decode(codes, zeros), pixels)  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+CODES = 256
+
+
+@dataclass(frozen=True)
+class PixelCodec:
+    """Maps uint8 codes to the processor's floats and back.
+
+    Attributes:
+        table: `table[c][u]` is the float the processor makes of value `u` in channel `c` (one row when all
+            channels share it).
+        channel_axis: the axis of the (viewed) array that holds the channel; None with a single table row.
+        split_last: view the last axis as `[channels, rest]` first (channels lead a flattened patch).
+    """
+
+    table: tuple[tuple[float, ...], ...]
+    channel_axis: int | None = None
+    split_last: bool = False
+
+    @classmethod
+    def find(cls, image_processor, samples: list[np.ndarray]) -> "PixelCodec | None":
+        """The codec that reproduces every sample exactly, or None when the processor allows none."""
+        table = _processor_table(image_processor)
+        if table is None or not samples:
+            return None
+        if all(row == table[0] for row in table):
+            candidates = [cls((table[0],))]
+        else:
+            ndim = samples[0].ndim
+            candidates = [cls(table, axis) for axis in range(1, ndim) if samples[0].shape[axis] == len(table)]
+            if samples[0].shape[-1] % len(table) == 0:
+                candidates.append(cls(table, ndim - 1, split_last=True))
+        for codec in candidates:
+            if all(codec.encode(sample) is not None for sample in samples):
+                return codec
+        return None
+
+    def encode(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The uint8 codes of `values` (same shape) and the `[start, stop)` runs of flat positions holding
+        padding zeros, or None if the table does not reproduce every other value exactly."""
+        values = np.asarray(values, dtype=np.float32)
+        view = self._view(values)
+        if view is None:
+            return None
+        codes = np.zeros(view.shape, dtype=np.uint8)
+        found = np.zeros(view.shape, dtype=bool)
+        for channel, row in enumerate(self._tables()):
+            where = self._channel(channel)
+            codes[where], found[where] = _lookup(row, view[where])
+        missing = ~found.reshape(-1)
+        flat = values.reshape(-1)
+        if np.any(flat[missing] != 0) or np.any(np.signbit(flat[missing])):
+            return None
+        return codes.reshape(values.shape), _runs(missing)
+
+    def decode(self, codes: np.ndarray, zero_runs: np.ndarray | None = None) -> np.ndarray:
+        """The float32 values of `codes` with `zero_runs` zeroed: exactly what the processor returned."""
+        codes = np.asarray(codes, dtype=np.uint8)
+        view = self._view(codes)
+        values = np.empty(view.shape, dtype=np.float32)
+        for channel, row in enumerate(self._tables()):
+            where = self._channel(channel)
+            values[where] = row[view[where]]
+        values = values.reshape(-1)
+        if zero_runs is not None:
+            for start, stop in np.asarray(zero_runs, dtype=np.int64).reshape(-1, 2):
+                values[start:stop] = 0.0
+        return values.reshape(codes.shape)
+
+    def to_dict(self) -> dict:
+        return {"table": [list(row) for row in self.table], "channel_axis": self.channel_axis, "split_last": self.split_last}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PixelCodec":
+        return cls(tuple(tuple(row) for row in data["table"]), data["channel_axis"], data["split_last"])
+
+    def _tables(self) -> list[np.ndarray]:
+        return [np.asarray(row, dtype=np.float32) for row in self.table]
+
+    def _view(self, array: np.ndarray) -> np.ndarray | None:
+        if self.split_last:
+            if array.ndim == 0 or array.shape[-1] % len(self.table):
+                return None
+            array = array.reshape(*array.shape[:-1], len(self.table), -1)
+        if self.channel_axis is not None and (array.ndim <= self.channel_axis or array.shape[self.channel_axis] != len(self.table)):
+            return None
+        return array
+
+    def _channel(self, channel: int) -> tuple:
+        if self.channel_axis is None:
+            return (Ellipsis,)
+        return (slice(None),) * self.channel_axis + (channel,)
+
+
+def _lookup(row: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The code of each value in `row` (a table row), and whether the value is there at all."""
+    order = np.argsort(row, kind="stable")
+    ordered = row[order]
+    position = np.clip(np.searchsorted(ordered, values), 0, len(row) - 1)
+    found = ordered[position] == values  # NaN never equals, so it is refused too
+    found &= np.signbit(ordered[position]) == np.signbit(values)  # -0.0 == 0.0, but not bit for bit
+    return order[position].astype(np.uint8), found
+
+
+def _runs(mask: np.ndarray) -> np.ndarray:
+    """The `[start, stop)` pairs of the runs of True in a flat mask, as int64 `[k, 2]`."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
+    return edges.reshape(-1, 2).astype(np.int64)
+
+
+def _processor_table(image_processor) -> tuple[tuple[float, ...], ...] | None:
+    """The processor's rescale + normalise of the codes 0..255 in each channel, or None if it has none."""
+    rescale_and_normalize = getattr(image_processor, "rescale_and_normalize", None)
+    if rescale_and_normalize is None:
+        return None
+    mean = getattr(image_processor, "image_mean", None)
+    channels = len(mean) if isinstance(mean, (list, tuple)) else 3
+    codes = torch.arange(CODES, dtype=torch.uint8).repeat(channels, 1)[None, :, None, :]  # [1, C, 1, 256]
+    try:
+        values = rescale_and_normalize(
+            codes,
+            image_processor.do_rescale,
+            image_processor.rescale_factor,
+            image_processor.do_normalize,
+            image_processor.image_mean,
+            image_processor.image_std,
+        )
+    except Exception:  # a processor with another pipeline: its pixels stay float32
+        return None
+    values = torch.as_tensor(values).float()[0, :, 0, :]
+    return tuple(tuple(float(value) for value in row) for row in values.tolist())
