@@ -11,7 +11,14 @@ DEMO_OUT := out/demo
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Headless Chromium renders the `vlmdata inspect` page in the tests. A file target, so apt runs only when the
+# binary is missing; order-only below, so a newer Chromium never rebuilds the virtual environment.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium
+
+$(VENV)/.installed: pyproject.toml | $(CHROMIUM)
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install $(TORCH_PINS)

@@ -19,6 +19,7 @@ def cli() -> None:
     \b
     convert   raw source (parquet, MMIU zips, JSONL, ShareGPT) -> normalised dataset
     tokenize  normalised dataset -> token shards for one model
+    inspect   statistics and an HTML preview of a dataset, token shards or rejects file
     """
 
 
@@ -154,6 +155,39 @@ def tokenize(data, out_dir, model, chat_template, max_length, truncate, train_on
         progress=not quiet,
     )
     _print_tokenize_summary(summary)
+
+
+@cli.command()
+@click.argument("path", metavar="DIR", type=click.Path(exists=True))
+@click.option("--html", "html_file", default=None, type=click.Path(dir_okay=False), help="Write a self-contained HTML preview here.")
+@click.option("-n", "--n", "samples", default=16, type=click.IntRange(min=1), help="Rows the preview shows, drawn at random.")
+@click.option("--seed", default=0, type=int, help="Seed of the draw; the same seed shows the same rows.")
+@click.option("--ids", default=None, help="Comma-separated row ids to show instead of a random draw.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def inspect(path, html_file, samples, seed, ids, quiet) -> None:
+    """Print statistics of DIR (a normalised dataset, token shards or a rejects file), optionally with a preview.
+
+    The preview shows each sampled row's images beside its conversation; for token shards, the tokens as the
+    chat template renders them, trained tokens highlighted and media tokens collapsed.
+
+    \b
+    Examples:
+      vlmdata inspect out/normalised
+      vlmdata inspect out/shards --html out/shards.html --n 32 --seed 1
+      vlmdata inspect out/shards --html out/some.html --ids row-7,row-12
+      vlmdata inspect out/shards/rejects.jsonl
+    """
+    from vlmdata.inspect import inspect as run_inspect
+    from vlmdata.inspect import terminal_lines
+
+    wanted = [row_id.strip() for row_id in ids.split(",") if row_id.strip()] if ids else None
+    result = _run(run_inspect, path, html=html_file, n=samples, seed=seed, ids=wanted, progress=not quiet)
+    target = result.statistics.target
+    click.echo(f"\nInspected the {target.description} {target.path}")
+    for line in terminal_lines(result.statistics):
+        click.echo(line)
+    if result.page is not None:
+        click.echo(f"HTML preview of {result.cards} rows -> {result.page}")
 
 
 def _run(stage, *args, **kwargs):

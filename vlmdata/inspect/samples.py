@@ -1,0 +1,148 @@
+"""The rows the page shows, one card each: chosen at random (`n`, `seed`) or by id, and read alone.
+
+Example:
+    >>> cards = build_cards(detect("out/shards"), n=4, seed=0)  # doctest: +SKIP
+    >>> [span.kind for span in cards[0].spans][:3]  # doctest: +SKIP
+    ['masked', 'media', 'masked']
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from vlmdata.errors import FatalError
+from vlmdata.inspect.columns import count_rows, find_ids, find_keys, rows_at
+from vlmdata.inspect.detect import REJECTS, SHARDS, Target, input_data
+from vlmdata.inspect.images import Thumbnail, thumbnail
+from vlmdata.inspect.tokens import TRAINED, Span, media_token_names, token_spans
+from vlmdata.models.registry import FAMILIES
+
+
+@dataclass
+class Card:
+    """One sample as the page shows it.
+
+    Attributes:
+        position: the row's position in the dataset, or its line number in a rejects file.
+        unit: what `position` counts: "row" or "line".
+        id, source: where the row came from.
+        details: (label, value) pairs shown under the title: tokens, stage, reason...
+        thumbnails: the row's images.
+        messages: a normalised row's conversation: (role, [(part type, text)]); image and audio parts have
+            their number in place of text.
+        spans: a shard row's tokens.
+        note: what could not be shown, and why.
+    """
+
+    position: int
+    id: str
+    source: str
+    details: list[tuple[str, str]] = field(default_factory=list)
+    thumbnails: list[Thumbnail] = field(default_factory=list)
+    messages: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    note: str | None = None
+    unit: str = "row"
+
+
+def choose(total: int, n: int, seed: int) -> list[int]:
+    """`n` positions out of `total` drawn with `seed`, in dataset order (all of them when `n >= total`)."""
+    return sorted(random.Random(seed).sample(range(total), min(n, total)))
+
+
+def build_cards(target: Target, n: int = 16, seed: int = 0, ids: list[str] | None = None) -> list[Card]:
+    """The cards of the chosen rows: `ids` when given (in that order), else `n` rows drawn with `seed`.
+
+    Raises:
+        FatalError: an id of `ids` is not in the data.
+    """
+    if target.kind == REJECTS:
+        return _reject_cards(target, n, seed, ids)
+    positions = find_ids(target.data_files, ids) if ids else choose(count_rows(target.data_files), n, seed)
+    if target.kind == SHARDS:
+        return _shard_cards(target, positions)
+    rows = rows_at(target.data_files, positions, ["messages", "images", "id", "source"])
+    return [_normalised_card(position, rows[position]) for position in positions]
+
+
+def _normalised_card(position: int, row: dict[str, Any]) -> Card:
+    counts = {"image": 0, "audio": 0}
+    messages = []
+    for message in row["messages"] or []:
+        parts = []
+        for part in message["content"] or []:
+            kind = part["type"]
+            if kind in counts:
+                counts[kind] += 1
+                parts.append((kind, f"{kind} {counts[kind]}"))
+            else:
+                parts.append((kind, part.get("text") or ""))
+        messages.append((message["role"], parts))
+    images = row.get("images") or []
+    details = [("images", str(len(images))), ("audio clips", str(counts["audio"]))]
+    return Card(position, str(row["id"]), str(row["source"]), details, [thumbnail(image) for image in images], messages)
+
+
+def _shard_cards(target: Target, positions: list[int]) -> list[Card]:
+    tokenizer = _tokenizer(target)
+    family = FAMILIES.get(target.metadata.get("model", {}).get("family", ""))
+    media = media_token_names(tokenizer, family.media_tokens if family else ())
+    rows = rows_at(target.data_files, positions, ["input_ids", "labels", "length", "id", "source"])
+    cards = []
+    for position in positions:
+        row = rows[position]
+        spans = token_spans(row["input_ids"], row["labels"], tokenizer, media)
+        trained = sum(span.tokens for span in spans if span.kind == TRAINED)
+        details = [("tokens", str(row["length"])), ("trained", str(trained))]
+        cards.append(Card(position, str(row["id"]), str(row["source"]), details, spans=spans))
+    _add_input_images(target, cards)
+    return cards
+
+
+def _tokenizer(target: Target):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(target.processor_dir))
+    except Exception as error:  # transformers raises many kinds; all mean the saved processor is unusable
+        raise FatalError(f"Cannot load the tokenizer saved in {str(target.processor_dir)!r}: {error}") from None
+
+
+def _add_input_images(target: Target, cards: list[Card]) -> None:
+    # Shards keep pixel tensors in each family's own layout (patches, tiles), not pictures: the images shown are
+    # the input data's originals, found by the row's (source, id).
+    source = input_data(target)
+    if source is None:
+        for card in cards:
+            card.note = "images not shown: the input data recorded in vlmdata.json was not found"
+        return
+    positions = find_keys(source.data_files, {(card.source, card.id) for card in cards})
+    rows = rows_at(source.data_files, positions.values(), ["images"])
+    for card in cards:
+        position = positions.get((card.source, card.id))
+        if position is None:
+            card.note = f"images not shown: row not found in the input data {str(source.path)!r}"
+        else:
+            card.thumbnails = [thumbnail(image) for image in rows[position]["images"] or []]
+
+
+def _reject_cards(target: Target, n: int, seed: int, ids: list[str] | None) -> list[Card]:
+    with open(target.rejects_file, encoding="utf-8") as lines:
+        records = [json.loads(line) for line in lines if line.strip()]
+    if ids:
+        by_id = {str(record["id"]): number for number, record in reversed(list(enumerate(records)))}
+        missing = [row_id for row_id in ids if row_id not in by_id]
+        if missing:
+            raise FatalError(f"No reject has the id {', '.join(repr(row_id) for row_id in missing)}.")
+        chosen = [by_id[row_id] for row_id in ids]
+    else:
+        chosen = choose(len(records), n, seed)
+    cards = []
+    for number in chosen:
+        record = records[number]
+        details = [("stage", str(record["stage"])), ("reason", str(record["reason"]))]
+        cards.append(Card(number + 1, str(record["id"]), str(record["source"]), details, unit="line"))
+    return cards

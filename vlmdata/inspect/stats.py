@@ -1,0 +1,212 @@
+"""The statistics of a dataset folder or rejects file, gathered in one pass that decodes no image.
+
+Only the needed columns are read (`columns.batches`), image sizes come from file headers, and every figure
+is kept as a histogram, so memory grows with the number of distinct values (lengths, image sizes), never
+with the number of rows.
+
+Example:
+    >>> statistics = collect(detect("out/shards"))  # doctest: +SKIP
+    >>> statistics.length_percentiles()["p50"], round(statistics.trained_fraction, 2)  # doctest: +SKIP
+    (64, 0.28)
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+from tqdm import tqdm
+
+from vlmdata.accounting import reason_category
+from vlmdata.errors import FatalError
+from vlmdata.inspect.columns import batches, count_rows, list_lengths
+from vlmdata.inspect.detect import NORMALISED, REJECTS, SHARDS, Target, input_data
+from vlmdata.inspect.images import header_sizes
+from vlmdata.labels import IGNORE_INDEX
+
+PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+
+
+@dataclass
+class MediaCounts:
+    """Images and audio clips of a set of rows.
+
+    Attributes:
+        images_per_row: how many rows have each number of images.
+        audios_per_row: how many rows have each number of audio clips.
+        image_sizes: how many images have each (width, height).
+        unreadable_images: images whose header cannot be read.
+    """
+
+    images_per_row: Counter = field(default_factory=Counter)
+    audios_per_row: Counter = field(default_factory=Counter)
+    image_sizes: Counter = field(default_factory=Counter)
+    unreadable_images: int = 0
+
+    @property
+    def images(self) -> int:
+        return sum(count * rows for count, rows in self.images_per_row.items())
+
+    @property
+    def audios(self) -> int:
+        return sum(count * rows for count, rows in self.audios_per_row.items())
+
+    def size_range(self) -> dict[str, tuple[int, int]]:
+        """The smallest, median and largest image size, ordered by pixel count; {} without images."""
+        ordered = sorted(self.image_sizes.items(), key=lambda item: (item[0][0] * item[0][1], item[0]))
+        total = sum(self.image_sizes.values())
+        if not total:
+            return {}
+        seen, median = 0, ordered[-1][0]
+        for size, count in ordered:
+            seen += count
+            if seen >= total / 2:
+                median = size
+                break
+        return {"min": ordered[0][0], "median": median, "max": ordered[-1][0]}
+
+
+@dataclass
+class Statistics:
+    """What `vlmdata inspect` reports about one path.
+
+    Attributes:
+        target: what was inspected.
+        rows: rows of the dataset, or lines of the rejects file.
+        media: the rows' images and audio; None when unknown (shards whose input data is gone).
+        media_note: why `media` is None, or where it came from.
+        lengths: token shards only: how many rows have each length.
+        tokens, trained_tokens: token shards only: all tokens, and those whose label is not -100.
+        rejects_by_reason: rejected rows grouped as in the stages' own summaries.
+    """
+
+    target: Target
+    rows: int = 0
+    media: MediaCounts | None = None
+    media_note: str | None = None
+    lengths: Counter = field(default_factory=Counter)
+    tokens: int = 0
+    trained_tokens: int = 0
+    rejects_by_reason: Counter = field(default_factory=Counter)
+
+    @property
+    def trained_fraction(self) -> float:
+        return self.trained_tokens / self.tokens if self.tokens else 0.0
+
+    def length_percentiles(self) -> dict[str, int]:
+        """p50, p90, p99, min and max of the token lengths (nearest rank); {} without rows."""
+        total = sum(self.lengths.values())
+        if not total:
+            return {}
+        ordered = sorted(self.lengths.items())
+        result, seen, wanted = {}, 0, list(PERCENTILES)
+        for length, count in ordered:
+            seen += count
+            while wanted and seen >= wanted[0][1] * total:
+                result[wanted.pop(0)[0]] = length
+        result["min"], result["max"] = ordered[0][0], ordered[-1][0]
+        return result
+
+
+def collect(target: Target, progress: bool = False) -> Statistics:
+    """Gathers the statistics of `target` in one pass over the columns they need."""
+    statistics = Statistics(target)
+    if target.rejects_file is not None:
+        statistics.rejects_by_reason = read_rejects(target.rejects_file)
+    if target.kind == REJECTS:
+        statistics.rows = sum(statistics.rejects_by_reason.values())
+        return statistics
+    with tqdm(total=count_rows(target.data_files), desc="inspect", unit=" rows", disable=not progress) as bar:
+        if target.kind == NORMALISED:
+            statistics.media = count_media(target.data_files, bar.update)
+            statistics.rows = sum(statistics.media.images_per_row.values())
+        elif target.kind == SHARDS:
+            _count_tokens(target, statistics, bar.update)
+            _count_shard_media(target, statistics)
+    return statistics
+
+
+def read_rejects(file: Path) -> Counter:
+    """Rejected rows by "stage: reason", reasons grouped as `accounting.reason_category` groups them."""
+    by_reason: Counter = Counter()
+    with open(file, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                by_reason[f"{record['stage']}: {reason_category(str(record['reason']))}"] += 1
+            except (ValueError, KeyError, TypeError):
+                message = f"Line {number} of {str(file)!r} is not a reject (source, id, stage, reason)."
+                raise FatalError(message) from None
+    return by_reason
+
+
+def count_media(files, advance=None, keep: Iterator[tuple[str, str]] | None = None) -> MediaCounts | None:
+    """Counts the images and audio clips of a normalised dataset's rows.
+
+    Args:
+        files: the dataset's Arrow files.
+        advance: called with the number of rows read after each batch (a progress bar).
+        keep: when given, only the rows whose (source, id) come next in this ordered stream are counted.
+
+    Returns:
+        The counts, or None when `keep` holds a row that the files do not (so they are not its input).
+    """
+    media = MediaCounts()
+    pending = next(keep, None) if keep is not None else None
+    for batch in batches(files, ["images", "audios", "source", "id"]):
+        names = batch.schema.names
+        images = list_lengths(batch.column("images")) if "images" in names else [0] * batch.num_rows
+        audios = list_lengths(batch.column("audios")) if "audios" in names else [0] * batch.num_rows
+        sizes = iter(header_sizes(batch.column("images")) if "images" in names else [])
+        keys = zip(batch.column("source").to_pylist(), batch.column("id").to_pylist()) if keep is not None else None
+        for row in range(batch.num_rows):
+            row_sizes = [next(sizes) for _ in range(images[row])]
+            if keep is not None:
+                if next(keys) != pending:
+                    continue
+                pending = next(keep, None)
+            media.images_per_row[images[row]] += 1
+            media.audios_per_row[audios[row]] += 1
+            media.image_sizes.update(size for size in row_sizes if size is not None)
+            media.unreadable_images += sum(size is None for size in row_sizes)
+        if advance is not None:
+            advance(batch.num_rows)
+    return media if keep is None or pending is None else None
+
+
+def _count_tokens(target: Target, statistics: Statistics, advance) -> None:
+    for batch in batches(target.data_files, ["length", "labels"]):
+        lengths = batch.column("length").to_numpy(zero_copy_only=False)
+        statistics.lengths.update(lengths.tolist())
+        statistics.tokens += int(lengths.sum())
+        labels = pc.list_flatten(batch.column("labels")).to_numpy(zero_copy_only=False)
+        statistics.trained_tokens += int(np.count_nonzero(labels != IGNORE_INDEX))
+        statistics.rows += batch.num_rows
+        advance(batch.num_rows)
+
+
+def _count_shard_media(target: Target, statistics: Statistics) -> None:
+    # The shards keep no images: they are counted in the input data, on the rows that the shards hold.
+    # Tokenize writes rows in input order, so one ordered walk over both finds them without an index.
+    source = input_data(target)
+    if source is None:
+        recorded = target.metadata.get("arguments", {}).get("data")
+        statistics.media_note = f"input data {recorded!r} not found" if recorded else "no input data recorded"
+        return
+    statistics.media = count_media(source.data_files, keep=_shard_keys(target))
+    if statistics.media is None:
+        statistics.media_note = f"the input data {str(source.path)!r} no longer matches the shards"
+    else:
+        statistics.media_note = f"from the input data {str(source.path)!r}"
+
+
+def _shard_keys(target: Target) -> Iterator[tuple[str, str]]:
+    for batch in batches(target.data_files, ["source", "id"]):
+        yield from zip(batch.column("source").to_pylist(), batch.column("id").to_pylist())

@@ -1,0 +1,94 @@
+"""A shard row's tokens as the page shows them: trained text, masked text, and media runs collapsed to chips.
+
+Example:
+    >>> media = media_token_names(tokenizer, get_family("gemma3").media_tokens)  # doctest: +SKIP
+    >>> spans = token_spans(row["input_ids"], row["labels"], tokenizer, media)  # doctest: +SKIP
+    >>> [(span.kind, span.text) for span in spans][:3]  # doctest: +SKIP
+    [('masked', '<bos><start_of_turn>user\\n\\n\\n'), ('media', '[258 image tokens]'), ('masked', '\\n\\nWhat is it?')]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vlmdata.labels import IGNORE_INDEX
+
+TRAINED, MASKED, MEDIA = "trained", "masked", "media"
+# Tokens decoded before a span and then cut off again, so that the span's first word keeps its leading space
+# (tokenizers that strip the first space of a sequence would otherwise glue words together).
+CONTEXT_TOKENS = 4
+
+
+@dataclass(frozen=True)
+class Span:
+    """A run of tokens of one kind.
+
+    Attributes:
+        kind: TRAINED (label is the token), MASKED (label -100) or MEDIA (stands for an image or audio clip).
+        text: the decoded text, or for media a label such as "[256 image tokens]".
+        tokens: how many tokens the span covers.
+    """
+
+    kind: str
+    text: str
+    tokens: int
+
+
+def media_token_names(tokenizer, names: Sequence[str]) -> dict[int, str]:
+    """The ids of the media tokens `names` (a family's `media_tokens`) that the tokenizer knows."""
+    vocab = tokenizer.get_vocab()
+    return {vocab[name]: name for name in names if name in vocab}
+
+
+def token_spans(input_ids: Sequence[int], labels: Sequence[int], tokenizer, media: dict[int, str]) -> list[Span]:
+    """Splits a row into spans of trained, masked and media tokens, in order.
+
+    Args:
+        input_ids: the row's token ids.
+        labels: its labels (the token where trained, -100 elsewhere).
+        tokenizer: decodes the text spans.
+        media: media token id -> token name (`media_token_names`).
+    """
+    ids = [int(token) for token in input_ids]
+    spans = []
+    for kind, start, end in _runs(ids, [int(label) for label in labels], media):
+        if kind == MEDIA:
+            spans.append(Span(MEDIA, f"[{end - start} {_modality(ids[start:end], media)} tokens]", end - start))
+        else:
+            spans.append(Span(kind, _decode(tokenizer, ids, start, end), end - start))
+    return spans
+
+
+def _runs(ids: list[int], labels: list[int], media: dict[int, str]) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of each run; a media run also ends after a closing token such as <end_of_image>,
+    so that two images in a row make two chips."""
+    runs: list[tuple[str, int, int]] = []
+    start, current = 0, MASKED
+    for position, token in enumerate(ids):
+        kind = MEDIA if token in media else TRAINED if labels[position] != IGNORE_INDEX else MASKED
+        if position > start and (kind != current or (kind == MEDIA and _closes(media[ids[position - 1]]))):
+            runs.append((current, start, position))
+            start = position
+        current = kind
+    if ids:
+        runs.append((current, start, len(ids)))
+    return runs
+
+
+def _closes(name: str) -> bool:
+    return "end" in name.lower()
+
+
+def _modality(ids: list[int], media: dict[int, str]) -> str:
+    names = " ".join(media[token] for token in ids).lower()
+    return "audio" if "audio" in names else "video" if "video" in names else "image"
+
+
+def _decode(tokenizer, ids: list[int], start: int, end: int) -> str:
+    def decode(part: list[int]) -> str:
+        return tokenizer.decode(part, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    context = max(0, start - CONTEXT_TOKENS)
+    before, whole = decode(ids[context:start]), decode(ids[context:end])
+    return whole[len(before):] if whole.startswith(before) else decode(ids[start:end])
