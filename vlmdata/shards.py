@@ -68,6 +68,9 @@ class TensorSpec:
         stored_dtype: the numpy dtype of the stored values.
         tail: the fixed dimensions after the first ("array" storage only).
         codec: for pixels stored as uint8 codes, the table that turns them back into the processor's floats.
+        batched: its first dimension is the batch (one entry per row: per-token tensors, Mllama's
+            `[1, images, tiles, ...]`), rather than the images or clips of the row (`[images, 3, H, W]`);
+            batching pads the former for rows without it and concatenates the latter.
     """
 
     name: str
@@ -77,6 +80,7 @@ class TensorSpec:
     stored_dtype: str
     tail: tuple[int, ...] = ()
     codec: PixelCodec | None = None
+    batched: bool = False
 
     def feature(self) -> dict[str, Any]:
         """The `datasets` feature(s) of this tensor's column(s)."""
@@ -164,8 +168,19 @@ def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None) -
         if name.startswith("pixel_values") and dtype.is_floating_point and image_processor is not None:
             codec = PixelCodec.find(image_processor, [output[name].float().numpy() for output in present])
             stored_dtype = "uint8" if codec else stored_dtype
-        specs.append(TensorSpec(name, per_token, storage, str(dtype), stored_dtype, tail, codec))
+        specs.append(TensorSpec(name, per_token, storage, str(dtype), stored_dtype, tail, codec, _is_batched(present, name, per_token)))
     return TensorLayout(tuple(specs))
+
+
+def _is_batched(outputs: list[dict[str, torch.Tensor]], name: str, per_token: bool) -> bool:
+    """Whether dimension 0 is the batch: the probe rows hold one image, then two, and a tensor whose first
+    dimension stays 1 while a later one counts the images is per row (Mllama's pixels, aspect ratios)."""
+    if per_token:
+        return True
+    shapes = [tuple(output[name].shape) for output in outputs]
+    if len(shapes) < 2 or shapes[0][0] != 1 or shapes[1][0] != 1:
+        return False
+    return any(first == 1 and second == 2 for first, second in zip(shapes[0][1:], shapes[1][1:]))
 
 
 def _is_per_token(tensor: torch.Tensor, input_ids: torch.Tensor) -> bool:

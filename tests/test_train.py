@@ -1,0 +1,194 @@
+"""`vlmdata train`: tiny models of every family learn from shards, adapters reload exactly, frozen parts stay put."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText
+
+from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
+from vlmdata.cli import cli
+from vlmdata.convert import convert
+from vlmdata.readers import ReaderOptions
+from vlmdata.errors import FatalError
+from vlmdata.shards import load_shards, read_layout
+from vlmdata.tokenize import tokenize
+from vlmdata.train import AdapterOptions, ShardCollator, TrainOptions, train
+from vlmdata.train.model import DEFAULT_LORA_TARGETS, vision_modules
+
+# The tiny models' heads are random at a 0.02 scale behind a frozen final norm, which bounds the logits LoRA on
+# the projections alone can reach; adapting the head too lets a few rows be learnt by heart in a few steps.
+MEMORISE = DEFAULT_LORA_TARGETS + "|.*lm_head"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return normalised(tmp_path_factory.mktemp("train"))
+
+
+@pytest.fixture(scope="module")
+def shards(data_dir, tmp_path_factory):
+    made = {}
+
+    def make(alias: str) -> Path:
+        if alias not in made:
+            made[alias] = tmp_path_factory.mktemp(f"shards-{alias}") / "shards"
+            tokenize(data_dir, made[alias], model=str(tiny_model(alias)), progress=False)
+        return made[alias]
+
+    return make
+
+
+def _options(**overrides) -> TrainOptions:
+    settings = dict(
+        adapter=AdapterOptions(lora_dropout=0.0, lora_target_modules=MEMORISE),
+        max_steps=80, learning_rate=5e-2, lr_scheduler="cosine", batch_size=3,
+    )
+    return TrainOptions(**{**settings, **overrides})
+
+
+def _first_batch(shards_dir: Path, model) -> dict[str, torch.Tensor]:
+    rows = list(load_shards(shards_dir))
+    return ShardCollator(read_layout(shards_dir), pad_token_id=0, float_dtype=model.dtype)(rows)
+
+
+# Every family runs in `make test`; `make test-fast` keeps two.
+@pytest.mark.parametrize(
+    "alias", [alias if alias in ("gemma3", "qwen2_vl") else pytest.param(alias, marks=pytest.mark.slow) for alias in FAMILIES]
+)
+def test_lora_learns_saves_and_reloads_with_the_same_logits(alias, shards, tmp_path):
+    out = tmp_path / "lora"
+    summary = train(str(shards(alias)), out, options=_options(), progress=False)
+
+    assert summary.steps == 80
+    assert summary.last_loss < summary.first_loss / 2, (summary.first_loss, summary.last_loss)
+    records = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == list(range(1, 81))
+    for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "loss.png", "vlmdata.json",
+                 "processor_config.json"):
+        assert (out / name).is_file(), name
+
+    trained = summary.model.eval()
+    batch = _first_batch(shards(alias), trained)
+    with torch.no_grad():
+        before = trained(**batch).logits
+        base = AutoModelForImageTextToText.from_pretrained(tiny_model(alias))
+        reloaded = PeftModel.from_pretrained(base, out).eval()
+        after = reloaded(**batch).logits
+    assert torch.equal(before, after)
+
+
+def test_only_lora_weights_change_and_the_vision_tower_is_bit_identical(shards, tmp_path):
+    original = AutoModelForImageTextToText.from_pretrained(tiny_model("llava")).state_dict()
+    summary = train(str(shards("llava")), tmp_path / "lora", options=_options(max_steps=5), progress=False)
+    model = summary.model.get_base_model()
+    changed = []
+    for name, tensor in model.state_dict().items():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        assert key in original, name
+        if not torch.equal(tensor, original[key]):
+            changed.append(name)
+    assert changed == []
+    assert vision_modules(model) == ["model.vision_tower", "model.multi_modal_projector"]
+    lora = [name for name, parameter in summary.model.named_parameters() if parameter.requires_grad]
+    assert lora and all("lora_" in name and "language_model" in name or "lm_head" in name for name in lora)
+
+
+def test_default_targets_are_the_language_model_projections(shards, tmp_path):
+    summary = train(str(shards("mllama")), tmp_path / "lora", options=TrainOptions(max_steps=1), progress=False)
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    targets = config["target_modules"]
+    assert any(".cross_attn.q_proj" in name for name in targets)  # Mllama's cross-attention layers count
+    assert all("language_model" in name for name in targets) and not any("vision" in name for name in targets)
+    assert summary.trainable_parameters < summary.total_parameters / 2
+
+
+def test_a_regex_that_matches_nothing_lists_modules_that_exist(shards, tmp_path):
+    result = CliRunner().invoke(cli, ["train", str(shards("gemma3")), "-o", str(tmp_path / "x"), "--quiet",
+                                      "--lora-target-modules", r"model.text.layers.[\d]+.attn.q_proj"])
+    assert result.exit_code == 1
+    assert "matches no linear layer" in result.output and "model.language_model.layers.0" in result.output
+
+
+def test_quantization_without_a_gpu_is_one_clear_error(shards, tmp_path):
+    result = CliRunner().invoke(cli, ["train", str(shards("gemma3")), "-o", str(tmp_path / "x"), "--load-in-4bit"])
+    assert result.exit_code == 1 and "needs a CUDA GPU" in result.output and "Traceback" not in result.output
+
+
+def test_a_folder_that_is_not_shards_is_refused(data_dir, tmp_path):
+    with pytest.raises(FatalError, match="not token shards|no vlmdata.json"):
+        train(str(data_dir), tmp_path / "x", progress=False)
+
+
+def test_full_fine_tuning_keeps_the_vision_side_frozen(shards, tmp_path):
+    original = AutoModelForImageTextToText.from_pretrained(tiny_model("gemma3")).state_dict()
+    summary = train(str(shards("gemma3")), tmp_path / "full", options=_options(adapter=AdapterOptions("full"), max_steps=3, learning_rate=1e-3), progress=False)
+    after = summary.model.state_dict()
+    vision = [name for name in after if name.startswith(("model.vision_tower.", "model.multi_modal_projector."))]
+    assert vision and all(torch.equal(after[name], original[name]) for name in vision)
+    assert not torch.equal(after["model.language_model.layers.0.self_attn.q_proj.weight"],
+                           original["model.language_model.layers.0.self_attn.q_proj.weight"])
+    assert (tmp_path / "full" / "model.safetensors").is_file()
+
+
+def test_resume_continues_the_step_count_and_the_loss_curve(shards, tmp_path):
+    options = _options(max_steps=6, save_steps=3, batch_size=1)
+    straight = train(str(shards("gemma3")), tmp_path / "straight", options=options, progress=False)
+    expected = [json.loads(line) for line in (tmp_path / "straight" / "loss.jsonl").read_text().splitlines()]
+
+    out = tmp_path / "resumed"
+    train(str(shards("gemma3")), out, options=options, progress=False)
+    # As if killed after the checkpoint at step 3: the later checkpoint and log lines are gone.
+    shutil.rmtree(out / "checkpoints" / "checkpoint-6")
+    resumed = train(str(shards("gemma3")), out, options=options, resume=True, progress=False)
+    records = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert resumed.steps == straight.steps == 6
+    assert [record["step"] for record in records] == [1, 2, 3, 4, 5, 6]
+    assert [record["loss"] for record in records] == pytest.approx([record["loss"] for record in expected], rel=1e-4)
+
+
+def test_eval_split_reports_an_eval_loss(shards, tmp_path):
+    summary = train(str(shards("gemma3")), tmp_path / "eval", options=_options(max_steps=2, val_set_size=1), progress=False)
+    assert "eval_loss" in summary.metrics and summary.metrics["eval_loss"] > 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["eval_loss"] == summary.metrics["eval_loss"]
+
+
+@pytest.mark.slow
+def test_two_processes_with_torchrun_train_on_different_rows_and_save_once(tmp_path):
+    data = tmp_path / "data"
+    source = Path(__file__).parents[1] / "fixtures" / "data" / "llava_instruct_mix"
+    convert([str(source)], data, reader_options=ReaderOptions(split="train[:50%]"), progress=False)  # six rows
+    tokenize(data, tmp_path / "shards", model=str(tiny_model("gemma3")), progress=False)
+    out = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m", "vlmdata.cli",
+               "train", str(tmp_path / "shards"), "-o", str(out), "--batch-size", "1", "--log-rows", "--quiet"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    ranks = [(out / f"rows-rank{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 3 and not set(ranks[0]) & set(ranks[1])
+    assert len(set(ranks[0] + ranks[1])) == 6
+    records = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [1, 2, 3]  # written by rank 0 alone
+    assert (out / "adapter_model.safetensors").is_file() and (out / "metrics.json").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -1,0 +1,88 @@
+"""What training shows and records as it runs: a progress bar, a JSON-lines loss log, the rows each rank saw."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+from transformers import TrainerCallback
+
+LOG_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
+
+
+class LossLog(TrainerCallback):
+    """Appends one JSON line per logged step to `path` (main process only).
+
+    On resume the lines after the checkpoint's step are dropped first, so the log continues the curve
+    instead of repeating its tail.
+    """
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        elif resume_step is None:
+            path.write_text("")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, **{key: logs[key] for key in LOG_KEYS if key in logs}}
+        if "loss" not in record and "eval_loss" not in record:
+            return  # the end-of-training summary, kept in metrics.json
+        record["tokens_seen"] = state.num_input_tokens_seen
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+
+class ProgressBar(TrainerCallback):
+    """One bar for the run: step, loss, steps per second and tokens per second."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar: tqdm | None = None
+        self.loss: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.enabled and state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit=" steps", dynamic_ncols=True)
+            self.started, self.first_step, self.first_tokens = time.monotonic(), state.global_step, state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.loss = logs["loss"]
+        if self.bar is not None and logs and "eval_loss" in logs:
+            self.bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is None:
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        postfix = {
+            "loss": f"{self.loss:.4f}" if self.loss is not None else "-",
+            "steps/s": f"{(state.global_step - self.first_step) / elapsed:.2f}",
+            "tokens/s": f"{(state.num_input_tokens_seen - self.first_tokens) / elapsed:.0f}",
+        }
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.update(state.global_step - self.bar.n)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+
+
+class RowLog(TrainerCallback):
+    """Writes the ids of the rows this process trained on, in order, to `folder/rows-rank<N>.txt`."""
+
+    def __init__(self, folder: Path, seen_ids: list[str]):
+        self.folder, self.seen_ids = folder, seen_ids
+
+    def on_train_end(self, args, state, control, **kwargs):
+        rank = args.process_index
+        (self.folder / f"rows-rank{rank}.txt").write_text("".join(f"{row_id}\n" for row_id in self.seen_ids))

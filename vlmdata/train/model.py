@@ -1,0 +1,142 @@
+"""Loading the model to train and choosing what trains: LoRA on the language model, or full weights.
+
+By default only the language model's attention and MLP projections get LoRA adapters; the vision tower, the
+projector and the audio tower stay frozen (`--train-vision` unfreezes the vision side). Module names follow
+transformers' own (`model.language_model.layers.3.self_attn.q_proj`), which is what axolotl's
+`lora_target_modules` regexes are written against.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from vlmdata.errors import FatalError
+
+# Every family's language model names its projections this way; Mllama's cross-attention layers included.
+DEFAULT_LORA_TARGETS = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
+# The vision side of each family: the tower, the projector into the language model, Gemma 3n's embedder.
+VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "embed_vision")
+ADAPTERS = ("lora", "full")
+
+
+@dataclass(frozen=True)
+class AdapterOptions:
+    """What to train.
+
+    Attributes:
+        adapter: "lora" or "full".
+        lora_r, lora_alpha, lora_dropout: LoRA's rank, scaling and dropout.
+        lora_target_modules: a regex that module names must match in full (LoRA only).
+        train_vision: also train the vision tower and projector.
+    """
+
+    adapter: str = "lora"
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: str = DEFAULT_LORA_TARGETS
+    train_vision: bool = False
+
+
+def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None = None) -> nn.Module:
+    """The image-text-to-text model of `checkpoint`, in `dtype`, optionally quantized for QLoRA.
+
+    Args:
+        checkpoint: a hub id or a local folder.
+        dtype: the dtype of the weights (float32 on CPU, bfloat16 on a GPU that supports it).
+        quantization: None, "4bit" or "8bit" (bitsandbytes, CUDA only).
+    """
+    from transformers import AutoModelForImageTextToText
+
+    kwargs = {"dtype": dtype}
+    if quantization:
+        kwargs["quantization_config"] = _quantization_config(quantization, dtype)
+    try:
+        return AutoModelForImageTextToText.from_pretrained(checkpoint, **kwargs)
+    except OSError as error:
+        raise FatalError(
+            f"Cannot load the model {checkpoint!r}: {str(error).splitlines()[0]} "
+            "(check the path, or log in with `hf auth login` and accept the model's licence for gated models)."
+        ) from None
+
+
+def _quantization_config(quantization: str, dtype: torch.dtype):
+    if not torch.cuda.is_available():
+        raise FatalError(f"--load-in-{quantization} needs a CUDA GPU (bitsandbytes quantization); none is available.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise FatalError(f"--load-in-{quantization} needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def vision_modules(model: nn.Module) -> list[str]:
+    """Names of the outermost vision-side modules (tower, projector) of a model."""
+    found: list[str] = []
+    for name, _ in model.named_modules():
+        if name.rsplit(".", 1)[-1] in VISION_PARTS and not any(name.startswith(outer + ".") for outer in found):
+            found.append(name)
+    return found
+
+
+def lora_targets(model: nn.Module, pattern: str) -> list[str]:
+    """The linear layers whose full name matches `pattern`.
+
+    Raises:
+        FatalError: the pattern is not a regex, or matches no linear layer; the message lists some that exist.
+    """
+    try:
+        regex = re.compile(pattern)
+    except re.error as error:
+        raise FatalError(f"--lora-target-modules {pattern!r} is not a valid regex: {error}.") from None
+    linear = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    matched = [name for name in linear if regex.fullmatch(name)]
+    if not matched:
+        examples = ", ".join(_spread(linear, 6))
+        raise FatalError(f"--lora-target-modules {pattern!r} matches no linear layer of the model; some that exist: {examples}.")
+    return matched
+
+
+def _spread(names: list[str], count: int) -> list[str]:
+    step = max(1, len(names) // count)
+    return names[::step][:count]
+
+
+def prepare(model: nn.Module, options: AdapterOptions) -> nn.Module:
+    """Freezes what does not train and adds LoRA adapters; returns the model to hand to the trainer."""
+    if options.adapter not in ADAPTERS:
+        raise FatalError(f"--adapter must be one of {', '.join(ADAPTERS)}, got {options.adapter!r}.")
+    vision = vision_modules(model)
+    if options.adapter == "full":
+        for name, parameter in model.named_parameters():
+            on_vision_side = any(name.startswith(part + ".") for part in vision)
+            parameter.requires_grad = options.train_vision or not on_vision_side
+        return model
+
+    from peft import LoraConfig, get_peft_model
+
+    targets = lora_targets(model, options.lora_target_modules)
+    config = LoraConfig(
+        r=options.lora_r,
+        lora_alpha=options.lora_alpha,
+        lora_dropout=options.lora_dropout,
+        target_modules=targets,
+        # Trained in full and saved with the adapter, rather than adapted.
+        modules_to_save=vision if options.train_vision else None,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
