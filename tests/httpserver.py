@@ -7,7 +7,8 @@ Example:
 
 A route is one of:
     bytes: answered 200 with that body;
-    Reply: a full answer (status, body, headers, delay, whether to send Content-Length);
+    Reply: a full answer (status, body, headers, delay, whether to send Content-Length, and how the body is
+        sent: all at once, dripped piece by piece, or repeated without end);
     a list of those: answered in turn, one per request, the last repeating (e.g. [Reply(500), png] fails once);
     a callable taking the request's hit number (1 for the first) and returning one of the above.
 Unknown paths answer 404. Routes may be added or changed while the server runs (`server.routes[path] = ...`).
@@ -35,6 +36,9 @@ class Reply:
         headers: extra headers, e.g. {"Location": "/elsewhere"}.
         delay: seconds to wait before answering, to make a client time out.
         content_length: whether to send Content-Length; without it the body ends when the connection closes.
+        drip: seconds to wait between pieces of `piece_bytes` bytes, like a server on a very slow link.
+        piece_bytes: the size of each dripped or repeated piece.
+        endless: send the body again and again until the client hangs up (no Content-Length).
     """
 
     status: int = 200
@@ -42,6 +46,9 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     content_length: bool = True
+    drip: float = 0.0
+    piece_bytes: int = 1
+    endless: bool = False
 
 
 Route = Union[bytes, Reply, list, Callable[[int], Union[bytes, Reply]]]
@@ -116,13 +123,29 @@ def _handler_for(server: TestServer) -> type[BaseHTTPRequestHandler]:
             self.send_response(reply.status)
             for name, value in reply.headers.items():
                 self.send_header(name, value)
-            if reply.content_length:
+            if reply.content_length and not reply.endless:
                 self.send_header("Content-Length", str(len(reply.body)))
             self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(reply.body)
+            try:
+                _send_body(self.wfile, reply)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up, as a client of a misbehaving server should
 
         def log_message(self, format: str, *args) -> None:
             pass
 
     return Handler
+
+
+def _send_body(stream, reply: Reply) -> None:
+    if not reply.body or not (reply.drip or reply.endless):
+        stream.write(reply.body)
+        return
+    while True:
+        for start in range(0, len(reply.body), reply.piece_bytes):
+            stream.write(reply.body[start:start + reply.piece_bytes])
+            stream.flush()
+            time.sleep(reply.drip)
+        if not reply.endless:
+            return

@@ -103,3 +103,10 @@ def test_empty_audio_is_rejected(tmp_path):
 def test_audio_part_without_payload_is_rejected():
     with pytest.raises(RowError, match="audio part has no payload"):
         loader().load_audio({"type": "audio", "audio_url": "x"}, None)
+
+
+@pytest.mark.parametrize("rate", [1, 10**9])
+def test_a_sampling_rate_that_cannot_be_resampled_is_rejected(rate):
+    # Upsampling a long clip from 1 Hz to 16 kHz would need memory no machine has.
+    with pytest.raises(RowError, match=f"sampling rate of {rate} Hz, outside the 1000..768000 Hz"):
+        loader().load_audio({"audio": {"array": np.zeros(100_000, dtype=np.float32), "sampling_rate": rate}}, None)

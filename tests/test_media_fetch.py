@@ -2,13 +2,15 @@
 
 import io
 import os
+import time
 
 import pytest
 from httpserver import Reply, redirect, serve
 from PIL import Image
 
 from vlmdata.errors import RowError
-from vlmdata.media import MediaLoader, MediaOptions
+from vlmdata.media import MediaLoader, MediaOptions, addresses, fetch
+from vlmdata.media.addresses import is_public_address
 from vlmdata.media.fetch import Fetcher
 
 
@@ -151,3 +153,99 @@ def test_downloaded_garbage_is_an_image_error_naming_the_url():
     with serve({"/fake.png": b"<html>login page</html>"}) as server:
         with pytest.raises(RowError, match=f"cannot decode image '{server.url('/fake.png')}'"):
             MediaLoader(options()).load_image({"url": server.url("/fake.png")}, None)
+
+
+# --- misbehaving servers ----------------------------------------------------------------------------------------
+
+
+def test_a_slow_drip_is_cut_at_the_download_deadline():
+    # One byte every 50 ms: each read is well within the timeout, the whole body (~70 bytes) is not.
+    with serve({"/drip.png": Reply(body=PNG, drip=0.05)}) as server:
+        started = time.monotonic()
+        with pytest.raises(RowError, match=r"not complete within the download deadline of 0.5s"):
+            Fetcher(options(timeout=1.0, download_deadline=0.5)).fetch(server.url("/drip.png"))
+        assert time.monotonic() - started < 1.5
+
+
+def test_the_deadline_also_bounds_retries():
+    with serve({"/down.png": Reply(status=503)}) as server:
+        started = time.monotonic()
+        with pytest.raises(RowError, match=r"503 .*no time left for another attempt"):
+            Fetcher(options(retries=50, download_deadline=0.5)).fetch(server.url("/down.png"))
+        assert time.monotonic() - started < 1.0
+        assert 1 < server.hits["/down.png"] < 50
+
+
+def test_an_endless_body_is_cut_at_the_size_cap():
+    with serve({"/endless": Reply(body=b"x" * 4096, endless=True, piece_bytes=4096)}) as server:
+        with pytest.raises(RowError, match="over the limit of 100000 bytes"):
+            Fetcher(options(max_download_bytes=100_000)).fetch(server.url("/endless"))
+
+
+def test_the_content_type_header_is_not_trusted_either_way():
+    routes = {
+        "/png-as-html": Reply(body=PNG, headers={"Content-Type": "text/html"}),
+        "/html-as-png": Reply(body=b"<html>sign in</html>", headers={"Content-Type": "image/png"}),
+    }
+    with serve(routes) as server:
+        loader = MediaLoader(options())
+        assert loader.load_image({"url": server.url("/png-as-html")}, None)["bytes"] == PNG
+        with pytest.raises(RowError, match="not a recognised image format"):
+            loader.load_image({"url": server.url("/html-as-png")}, None)
+
+
+@pytest.mark.parametrize("location", ["file:///etc/passwd", "ftp://example.com/cat.png", "gopher://x/"])
+def test_a_redirect_to_another_scheme_is_refused(location):
+    with serve({"/jump": redirect(location)}) as server:
+        with pytest.raises(RowError, match=f"redirected to {location}, which is refused: .*only http and https"):
+            Fetcher(options()).fetch(server.url("/jump"))
+
+
+# --- private addresses ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "address, public",
+    [
+        ("93.184.215.14", True), ("2606:4700::6810:84e5", True),
+        ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
+        ("169.254.169.254", False), ("100.64.0.1", False), ("0.0.0.0", False), ("224.0.0.1", False),
+        ("::1", False), ("fe80::1%eth0", False), ("fc00::1", False), ("::ffff:127.0.0.1", False),
+        ("2002:7f00:1::", False),  # 6to4 wrapping 127.0.0.1
+    ],
+)
+def test_public_addresses(address, public):
+    assert is_public_address(address) is public
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_blocking_private_urls_refuses_loopback_before_connecting(host):
+    with serve({"/cat.png": PNG}) as server:
+        url = server.url("/cat.png").replace("127.0.0.1", host)
+        with pytest.raises(RowError, match="not a public address"):
+            Fetcher(options(block_private_urls=True)).fetch(url)
+        assert server.hits["/cat.png"] == 0
+        assert Fetcher(options()).fetch(url) == PNG  # off by default
+
+
+def test_every_redirect_target_is_checked_again(monkeypatch):
+    # Here 127.0.0.1 plays a public server, and every other address a private one.
+    monkeypatch.setattr(addresses, "is_public_address", lambda text: text == "127.0.0.1")
+    with serve({"/cat.png": PNG}) as server:
+        inside = f"http://127.0.0.2:{server.port}/cat.png"
+        server.routes["/public"] = redirect(server.url("/cat.png"))
+        server.routes["/to-private"] = redirect(inside)
+        fetcher = Fetcher(options(block_private_urls=True))
+        assert fetcher.fetch(server.url("/public")) == PNG
+        with pytest.raises(RowError, match=r"redirected to http://127\.0\.0\.2:\d+/cat\.png, which is refused"):
+            fetcher.fetch(server.url("/to-private"))
+        assert server.hits["/cat.png"] == 1
+
+
+def test_the_connected_address_is_checked_even_when_the_name_check_was_fooled(monkeypatch):
+    # A host name can resolve to a public address when checked and to a private one when connecting.
+    monkeypatch.setattr(fetch, "check_public_url", lambda url: None)
+    with serve({"/cat.png": PNG}) as server:
+        with pytest.raises(RowError, match="connected to 127.0.0.1, not a public address"):
+            Fetcher(options(block_private_urls=True, retries=0)).fetch(server.url("/cat.png"))
+        assert server.hits["/cat.png"] == 0

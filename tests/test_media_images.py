@@ -183,12 +183,28 @@ def test_empty_and_garbage_files_are_rejected(tmp_path, content, reason):
         MediaLoader(MediaOptions()).load_image({"path": str(tmp_path / "bad.png")}, None)
 
 
-def test_decompression_bomb_is_rejected(monkeypatch):
+def test_images_over_max_image_pixels_are_refused():
+    data = encode(photo((20, 20)), "PNG")
+    # Pillow only warns a little over its limit and fails at twice it: both must be refusals.
+    with pytest.raises(RowError, match=r"too large to decode safely: 400 pixels, over the limit of 399"):
+        load(data, max_image_pixels=399)
+    with pytest.raises(RowError, match=r"400 pixels, over the limit of 150"):
+        load(data, max_image_pixels=150)
+    assert load(data, max_image_pixels=400).size == (20, 20)
+
+
+def test_the_pixel_limit_is_the_runs_whatever_another_library_set(monkeypatch):
+    data = encode(photo((20, 20)), "PNG")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
-    with pytest.raises(RowError, match="too large"):
-        load(encode(photo((20, 20)), "PNG"))  # 400 pixels: over Pillow's warning threshold of 100
-    with pytest.raises(RowError, match="too large"):
-        load(encode(photo((40, 40)), "PNG"))  # over twice the limit: Pillow's hard error
+    assert MediaLoader(MediaOptions()).load_image({"image": {"bytes": data}}, None)["bytes"] == data
+    with pytest.raises(RowError, match="over the limit of 300"):
+        MediaLoader(MediaOptions(max_image_pixels=300)).load_image({"image": {"bytes": data}}, None)
+    assert Image.MAX_IMAGE_PIXELS == 100
+
+
+def test_pil_images_over_the_limit_are_refused():
+    with pytest.raises(RowError, match="400 pixels, over the limit of 300"):
+        MediaLoader(MediaOptions(max_image_pixels=300)).load_image({"image": photo((20, 20))}, None)
 
 
 # --- resizing ---------------------------------------------------------------------------------------------------
@@ -263,8 +279,11 @@ def test_relative_paths_resolve_against_base_dir_then_media_root(tmp_path):
     assert from_base["path"] == "cat.png" and decode(from_base).getpixel((1, 1)) == (10, 0, 0)
     rooted = MediaLoader(MediaOptions(media_root=str(tmp_path / "media")))
     assert decode(rooted.load_image({"path": "cat.png"}, str(tmp_path / "rows"))).getpixel((1, 1)) == (0, 10, 0)
+    assert decode(rooted.load_image({"path": f"file://{tmp_path}/media/cat.png"}, None)).getpixel((1, 1)) == (0, 10, 0)
     file_uri = f"file://{tmp_path}/rows/cat.png"
-    assert decode(rooted.load_image({"path": file_uri}, None)).getpixel((1, 1)) == (10, 0, 0)
+    assert decode(MediaLoader(MediaOptions()).load_image({"path": file_uri}, None)).getpixel((1, 1)) == (10, 0, 0)
+    with pytest.raises(RowError, match="leads outside the media root"):
+        rooted.load_image({"path": file_uri}, None)
 
 
 def test_missing_file_names_the_path(tmp_path):

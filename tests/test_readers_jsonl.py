@@ -206,3 +206,19 @@ def test_split_slices_count_rows_not_lines(tmp_path, split, lines):
 def test_a_missing_file_is_fatal(tmp_path):
     with pytest.raises(FatalError, match=r"no such file or folder"):
         read_all(read_jsonl, tmp_path / "absent.jsonl")
+
+
+def test_json_nested_too_deeply_is_an_error_row_and_reading_goes_on(tmp_path):
+    path = write_lines(tmp_path / "chat.jsonl", "[" * 100_000 + "]" * 100_000, chat("after"))
+
+    deep, after = read_all(read_jsonl, path)
+
+    assert deep.error == "line 1: the JSON is nested too deeply to read"
+    assert after.record["messages"][0]["content"] == "after"
+
+
+def test_a_json_array_nested_too_deeply_is_fatal(tmp_path):
+    path = tmp_path / "chat.json"
+    path.write_text("[" + "[" * 100_000 + "]" * 100_000 + "]")
+    with pytest.raises(FatalError, match="nested too deeply"):
+        read_all(read_jsonl, path)

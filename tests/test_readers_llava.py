@@ -266,3 +266,26 @@ def test_undecoded_reaches_nested_image_features():
     assert undecoded(datasets.List(datasets.Image(), length=2)) == datasets.List(datasets.Image(decode=False), length=2)
     assert undecoded({"a": [datasets.Image()]}) == {"a": [datasets.Image(decode=False)]}
     assert undecoded(datasets.Value("string")) == datasets.Value("string")
+
+
+def test_a_corrupt_row_group_rejects_its_rows_and_reading_goes_on(tmp_path):
+    rows = [{"messages": [{"role": "user", "content": f"question {i} " * 20}]} for i in range(9)]
+    path = tmp_path / "chat.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=3, compression="snappy")
+    data = bytearray(path.read_bytes())
+    middle = pq.ParquetFile(path).metadata.row_group(1)
+    for column in range(middle.num_columns):
+        chunk = middle.column(column)
+        start = chunk.dictionary_page_offset or chunk.data_page_offset
+        data[start:start + chunk.total_compressed_size] = bytes(chunk.total_compressed_size)
+    path.write_bytes(bytes(data))
+
+    read = read_all(read_llava_instruct_mix, path)
+
+    assert [row.id for row in read] == [f"chat.parquet:{index}" for index in range(9)]
+    assert [row.error is None for row in read] == [True] * 3 + [False] * 3 + [True] * 3
+    assert read[4].record is None and read[4].error.startswith("row 4: row group 1 cannot be read: ")
+    assert read[8].record["messages"][0]["content"].startswith("question 8")
+    assert [row.id for row in read_all(read_llava_instruct_mix, path, split="train[4:7]")] == [
+        "chat.parquet:4", "chat.parquet:5", "chat.parquet:6"
+    ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import zipfile
 
 import pyarrow as pa
@@ -211,7 +213,8 @@ def test_unsafe_member_names_are_never_read(fixture_root, tmp_path):
     make_fixtures.write_zip(folder / "Evil.zip", {"../escape.jpg": b"x", "/abs.jpg": b"y", "ok/fine.jpg": b"z"})
     archive = mmiu._Archive(str(folder / "Evil.zip"))
 
-    assert archive.members == {"ok/fine.jpg"}
+    assert set(archive.members) == {"ok/fine.jpg"}
+    assert set(archive.refused) == {"../escape.jpg", "/abs.jpg"}
     archive.close()
 
 
@@ -255,3 +258,80 @@ def test_an_unreachable_hub_is_fatal(monkeypatch):
     hub_offline(monkeypatch)
     with pytest.raises(FatalError, match=r"^Cannot load FanqingM/MMIU-Benchmark from the Hugging Face hub"):
         read_all(read_mmiu, "FanqingM/MMIU-Benchmark")
+
+
+# --- untrusted archives -----------------------------------------------------------------------------------------
+
+
+def evil_dataset(fixture_root, tmp_path, members: dict[str, bytes], compress=zipfile.ZIP_STORED):
+    """A copy of the fixture whose "Evil" category archive holds `members`, and one metadata row per member."""
+    folder = copy_dataset(fixture_root, tmp_path)
+    with zipfile.ZipFile(folder / "Evil.zip", "w", compression=compress) as archive:
+        for name, data in members.items():
+            info = zipfile.ZipInfo(name)
+            info.compress_type = compress
+            info.external_attr = 0o644 << 16
+            if name.startswith("link"):
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, data)
+    template = metadata_rows(fixture_root)[4]
+    write_metadata(folder, [dict(template, input_image_path=[f"./Evil/{name}"]) for name in members])
+    return folder
+
+
+def test_a_symbolic_link_member_is_never_read(fixture_root, tmp_path):
+    folder = evil_dataset(fixture_root, tmp_path, {"link.jpg": b"/etc/passwd", "fine.jpg": b"data"})
+
+    link, fine = read_all(read_mmiu, folder)
+
+    assert link.record is None and "is refused: it is a symbolic link" in link.error
+    assert fine.record["messages"][1]["content"][0]["image"]["bytes"] == b"data"
+
+
+def test_a_zip_bomb_member_is_refused_from_its_declared_size(fixture_root, tmp_path):
+    folder = evil_dataset(fixture_root, tmp_path, {"bomb.jpg": bytes(5_000_000)}, compress=zipfile.ZIP_DEFLATED)
+    assert (folder / "Evil.zip").stat().st_size < 20_000  # five megabytes of zeros squeeze to almost nothing
+
+    (row,) = read_all(read_mmiu, folder, max_file_bytes=1_000_000)
+
+    assert row.record is None
+    assert "'bomb.jpg' of" in row.error and "is 5000000 bytes uncompressed, over the limit of 1000000" in row.error
+    assert read_all(read_mmiu, folder, max_file_bytes=5_000_000)[0].error is None
+
+
+def test_a_member_lying_about_its_size_is_never_read_past_the_declared_size(fixture_root, tmp_path):
+    folder = evil_dataset(fixture_root, tmp_path, {"liar.jpg": bytes(5_000_000)}, compress=zipfile.ZIP_DEFLATED)
+    declared = (5_000_000).to_bytes(4, "little")
+    data = (folder / "Evil.zip").read_bytes()
+    assert data.count(declared) == 2  # the local header and the central directory both state the size
+    (folder / "Evil.zip").write_bytes(data.replace(declared, (1000).to_bytes(4, "little")))
+
+    (row,) = read_all(read_mmiu, folder, max_file_bytes=100_000)
+
+    assert row.record is None
+    assert "cannot read member 'liar.jpg'" in row.error and "CRC" in row.error
+
+
+def test_a_corrupt_member_is_a_bad_row_not_a_crash(fixture_root, tmp_path):
+    folder = evil_dataset(fixture_root, tmp_path, {"broken.jpg": bytes(range(256)) * 400, "fine.jpg": b"data"},
+                          compress=zipfile.ZIP_DEFLATED)
+    data = bytearray((folder / "Evil.zip").read_bytes())
+    data[100:400] = bytes(300)  # zeroes in the middle of the first member's compressed data
+    (folder / "Evil.zip").write_bytes(bytes(data))
+
+    broken, fine = read_all(read_mmiu, folder)
+
+    assert broken.record is None and "cannot read member 'broken.jpg'" in broken.error
+    assert fine.error is None
+
+
+def test_an_extracted_file_that_links_outside_the_dataset_is_refused(fixture_root, tmp_path):
+    folder = copy_dataset(fixture_root, tmp_path)
+    (tmp_path / "secret.jpg").write_bytes(b"secret")
+    (folder / "Extracted" / "task").mkdir(parents=True)
+    os.symlink(tmp_path / "secret.jpg", folder / "Extracted" / "task" / "a.jpg")
+    write_metadata(folder, [dict(metadata_rows(fixture_root)[4], input_image_path=["./Extracted/task/a.jpg"])])
+
+    (row,) = read_all(read_mmiu, folder)
+
+    assert row.record is None and "symbolic link that leads outside the dataset folder" in row.error

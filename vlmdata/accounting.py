@@ -30,7 +30,9 @@ class RejectLog:
         self._file = None
 
     def __enter__(self) -> "RejectLog":
-        self._file = open(self.path, "w", encoding="utf-8")
+        # A reason may quote text with no UTF-8 form (a lone surrogate from JSON): it is written escaped,
+        # which JSON reads back as the same text, rather than stopping the run.
+        self._file = open(self.path, "w", encoding="utf-8", errors="backslashreplace")
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -49,11 +51,16 @@ class RejectLog:
 
 
 def reason_category(reason: str) -> str:
-    """Groups reasons that differ only in names and numbers, for the summary's rejects-by-reason table.
+    """Groups reasons that differ only in names, URLs, paths and numbers, for the summary's rejects-by-reason
+    table: ten thousand rows pointing at one dead server make one line there, not ten thousand.
 
     Example:
         >>> reason_category("image 2: cannot read 'a/b.jpg': no such file")
         "image N: cannot read '…': no such file"
+        >>> reason_category("image 0: GET http://host:8000/cat.png failed: 404 Not Found")
+        'image N: GET … failed: N Not Found'
     """
     reason = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason)
+    reason = re.sub(r"\b[a-z][a-z0-9+.-]*://[^\s,;)]+", "…", reason, flags=re.IGNORECASE)
+    reason = re.sub(r"(?<![\w.])/[^\s,;)]+", "…", reason)
     return re.sub(r"\d+", "N", reason)

@@ -2,13 +2,21 @@
 
 `Dataset.save_to_disk` needs the whole dataset first; a run over hundreds of thousands of rows must instead
 stream, so rows go straight into Arrow shards (rolled over by size) and the two small JSON files
-`load_from_disk` reads are written at the end. The folder is built under a temporary name beside the final
-one and renamed only when complete, so a folder with the final name is always whole.
+`load_from_disk` reads are written at the end.
+
+A run can be killed at any moment, so the folder `OUT` only ever holds a whole output:
+    - the folder is built as `OUT.partial` (which `load_from_disk` refuses: its state.json comes last), then
+      synced to disk and renamed to `OUT`;
+    - an existing `OUT` being overwritten is first renamed to `OUT.previous`, and deleted only once the new
+      output is in place; a run killed between the two renames leaves the old output whole under
+      `OUT.previous`, and the next run puts it back before doing anything else;
+    - the next run deletes a `OUT.partial` left by a killed run, unless a live run still holds its lock.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from dataclasses import asdict
@@ -21,8 +29,16 @@ from datasets.arrow_writer import ArrowWriter
 
 from vlmdata.errors import FatalError
 
+try:
+    import fcntl
+except ImportError:  # Windows: two runs writing the same folder at once are not detected there
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
+PREVIOUS_SUFFIX = ".previous"
 
 
 class ArrowFolderWriter:
@@ -37,6 +53,7 @@ class ArrowFolderWriter:
         ['hello']
 
     Leaving the `with` block through an exception removes the partial folder; `commit` happens on a clean exit.
+    An OSError (a full disk, a folder that cannot be created) leaves it as a FatalError naming the problem.
     """
 
     def __init__(
@@ -52,26 +69,61 @@ class ArrowFolderWriter:
         self.overwrite = overwrite
         self.max_shard_bytes = max_shard_bytes
         self.partial_dir = self.out_dir.with_name(self.out_dir.name + PARTIAL_SUFFIX)
+        self.previous_dir = self.out_dir.with_name(self.out_dir.name + PREVIOUS_SUFFIX)
         self.num_rows = 0
         self.num_bytes = 0
         self._shard_paths: list[Path] = []
         self._writer: ArrowWriter | None = None
         self._shard_bytes = 0
+        self._lock: int | None = None
 
     def __enter__(self) -> "ArrowFolderWriter":
-        if self.out_dir.exists() and any(self.out_dir.iterdir()) and not self.overwrite:
-            raise FatalError(f"{self.out_dir} already exists and is not empty; pass --overwrite to replace it.")
-        if self.partial_dir.exists():
-            shutil.rmtree(self.partial_dir)  # left by an interrupted run
-        self.partial_dir.mkdir(parents=True)
+        try:
+            self._prepare()
+        except OSError as exc:
+            raise FatalError(f"Cannot create the output folder {self.partial_dir}: {exc.strerror or exc}.") from exc
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
+        try:
+            if exc_type is None:
+                self.commit()
+                return
             self._close_shard()
             shutil.rmtree(self.partial_dir, ignore_errors=True)
+        except OSError as error:
+            exc = exc or error
+        finally:
+            _unlock(self._lock)
+        if isinstance(exc, OSError):
+            raise FatalError(f"The run stopped on a file system error: {exc}.") from exc
+
+    def _prepare(self) -> None:
+        restore_interrupted_overwrite(self.out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise FatalError(f"{self.out_dir} exists and is not a folder.")
+        if self.out_dir.exists() and any(self.out_dir.iterdir()) and not self.overwrite:
+            raise FatalError(f"{self.out_dir} already exists and is not empty; pass --overwrite to replace it.")
+        if self.partial_dir.exists():
+            self._remove_abandoned_partial()
+        self.partial_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.partial_dir.mkdir()
+        except FileExistsError:
+            raise FatalError(f"{self.partial_dir} was just created by another run writing the same output.") from None
+        self._lock = _try_lock(self.partial_dir)
+
+    def _remove_abandoned_partial(self) -> None:
+        lock = _try_lock(self.partial_dir)
+        if lock == _BUSY:
+            raise FatalError(
+                f"{self.partial_dir} is being written by another run; wait for it to finish, or stop it first."
+            )
+        try:
+            log.warning("removing %s, left unfinished by an interrupted run", self.partial_dir)
+            shutil.rmtree(self.partial_dir)
+        finally:
+            _unlock(lock)
 
     @property
     def scratch_dir(self) -> Path:
@@ -116,7 +168,11 @@ class ArrowFolderWriter:
         return self.num_bytes
 
     def commit(self) -> None:
-        """Names the shards, writes the files `load_from_disk` reads, and moves the folder into place."""
+        """Names the shards, writes the files `load_from_disk` reads, and moves the folder into place.
+
+        The files are synced to disk before the rename, so that even a power cut never leaves a folder named
+        `out_dir` whose files were not all written.
+        """
         self.finish_shards()
         if not self._shard_paths:  # an empty dataset still needs one (empty) shard to load
             ArrowWriter(features=self.features, path=str(self.partial_dir / "shard-00000.arrow")).finalize()
@@ -139,13 +195,76 @@ class ArrowFolderWriter:
         info = asdict(datasets.DatasetInfo(features=self.features))
         self.add_file("state.json", json.dumps(state, indent=2, sort_keys=True))
         self.add_file("dataset_info.json", json.dumps({k: info[k] for k in sorted(info)}, indent=2))
+        _sync_tree(self.partial_dir)
+        self._move_into_place()
 
+    def _move_into_place(self) -> None:
+        if self.previous_dir.exists():
+            shutil.rmtree(self.previous_dir)
         if self.out_dir.exists():
-            shutil.rmtree(self.out_dir)
+            os.replace(self.out_dir, self.previous_dir)
         os.replace(self.partial_dir, self.out_dir)
+        _sync_folder(self.out_dir.parent)
+        shutil.rmtree(self.previous_dir, ignore_errors=True)
 
     def _close_shard(self) -> None:
         if self._writer is not None:
             self._writer.finalize()
             self._writer.close()
             self._writer = None
+
+
+def restore_interrupted_overwrite(out_dir: Path) -> None:
+    """Finishes what a run killed while replacing `out_dir` left: the old output back in place when the new
+    one never arrived, or the old output deleted when the new one did."""
+    previous = out_dir.with_name(out_dir.name + PREVIOUS_SUFFIX)
+    if not previous.is_dir():
+        return
+    if out_dir.exists():
+        shutil.rmtree(previous)
+    else:
+        log.warning("restoring %s from %s, left by a run interrupted while replacing it", out_dir, previous)
+        os.replace(previous, out_dir)
+
+
+_BUSY = -1
+
+
+def _try_lock(folder: Path) -> int | None:
+    """An exclusive lock on a folder, held until `_unlock`: its descriptor, _BUSY when another process holds
+    it, or None where locks are not available."""
+    if fcntl is None:
+        return None
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(handle)
+        return _BUSY
+    except OSError:  # a file system without locks: run unguarded rather than not at all
+        os.close(handle)
+        return None
+    return handle
+
+
+def _unlock(handle: int | None) -> None:
+    if handle is not None and handle != _BUSY:
+        os.close(handle)
+
+
+def _sync_tree(folder: Path) -> None:
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(parent, name), "rb") as file:
+                os.fsync(file.fileno())
+        _sync_folder(Path(parent))
+
+
+def _sync_folder(folder: Path) -> None:
+    if fcntl is None:
+        return  # Windows cannot open a folder to sync it
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)

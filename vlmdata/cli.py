@@ -19,6 +19,7 @@ def cli() -> None:
     \b
     convert   raw source (parquet, MMIU zips, JSONL, ShareGPT) -> normalised dataset
     tokenize  normalised dataset -> token shards for one model
+    train     token shards -> LoRA adapter or fine-tuned weights
     inspect   statistics and an HTML preview of a dataset, token shards or rejects file
     """
 
@@ -39,7 +40,8 @@ def cli() -> None:
     "--media-root",
     default=None,
     type=click.Path(exists=True, file_okay=False),
-    help="Folder that relative media paths resolve against [default: the source file's folder].",
+    help="Folder that relative media paths resolve against, and the only folder media files are read from "
+    "[default: the source file's folder, and no such limit].",
 )
 @click.option("--image-size", default=None, help="Resize every image: N letterboxes to NxN, WxH resizes exactly.")
 @click.option(
@@ -55,16 +57,44 @@ def cli() -> None:
     help="Resampling filter used when resizing.",
 )
 @click.option("--audio-sampling-rate", default=16000, type=click.IntRange(min=1), help="Audio is resampled to this rate, mono.")
-@click.option("--timeout", default=10.0, type=click.FloatRange(min=0, min_open=True), help="Seconds to wait for a URL, per attempt.")
+@click.option(
+    "--timeout",
+    default=10.0,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a URL's server may take to connect, and to send each next piece of the answer, per attempt.",
+)
 @click.option("--retries", default=3, type=click.IntRange(min=0), help="Extra attempts for a URL after a 5xx or a connection error.")
+@click.option(
+    "--download-deadline",
+    default=60.0,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds one URL may take in all, retries and redirects included.",
+)
 @click.option("--max-download-bytes", default=64 * 1024 * 1024, type=click.IntRange(min=1), help="Largest download accepted.")
+@click.option(
+    "--block-private-urls",
+    is_flag=True,
+    help="Refuse URLs whose host is a loopback, private or link-local address (checked at every redirect).",
+)
+@click.option(
+    "--max-file-bytes",
+    default=256 * 1024 * 1024,
+    type=click.IntRange(min=1),
+    help="Largest media file read from disk or from a zip archive.",
+)
+@click.option(
+    "--max-image-pixels",
+    default=1024 * 1024 * 1024 // 4 // 3,
+    type=click.IntRange(min=1),
+    help="Images with more pixels are refused from their header, before any pixel is decoded.",
+)
 @click.option("--num-proc", default=1, type=click.IntRange(min=1), help="Worker processes; the output is the same for any value.")
 @click.option("--strict", is_flag=True, help="Stop at the first bad row instead of recording it in rejects.jsonl.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def convert(sources, out_dir, source_format, split, field_messages, media_root, image_size, resize_mode,
-            resize_algorithm, audio_sampling_rate, timeout, retries, max_download_bytes, num_proc, strict,
-            overwrite, quiet) -> None:
+            resize_algorithm, audio_sampling_rate, timeout, retries, download_deadline, max_download_bytes,
+            block_private_urls, max_file_bytes, max_image_pixels, num_proc, strict, overwrite, quiet) -> None:
     """Convert SOURCES into a normalised dataset (messages, images, audios) that datasets.load_from_disk reads.
 
     \b
@@ -89,9 +119,15 @@ def convert(sources, out_dir, source_format, split, field_messages, media_root, 
         media_root=media_root,
         timeout=timeout,
         retries=retries,
+        download_deadline=download_deadline,
         max_download_bytes=max_download_bytes,
+        block_private_urls=block_private_urls,
+        max_file_bytes=max_file_bytes,
+        max_image_pixels=max_image_pixels,
     )
-    reader_options = ReaderOptions(split=split, field_messages=field_messages, media_root=media_root)
+    reader_options = ReaderOptions(
+        split=split, field_messages=field_messages, media_root=media_root, max_file_bytes=max_file_bytes
+    )
     summary = _run(
         run_convert,
         list(sources),
@@ -190,6 +226,76 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
         click.echo(f"HTML preview of {result.cards} rows -> {result.page}")
 
 
+@cli.command()
+@click.argument("shards")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--model", default=None, help="Base model: alias, hub id or folder [default: the one the shards were made for].")
+@click.option("--adapter", default="lora", type=click.Choice(["lora", "full"]), help="Train LoRA adapters or every weight.")
+@click.option("--lora-r", default=16, type=click.IntRange(min=1), help="LoRA rank.")
+@click.option("--lora-alpha", default=16, type=click.IntRange(min=1), help="LoRA scaling.")
+@click.option("--lora-dropout", default=0.05, type=click.FloatRange(0, 1), help="LoRA dropout.")
+@click.option("--lora-target-modules", default=None, help="Regex of module names that get LoRA [default: the language model's attention and MLP projections].")
+@click.option("--train-vision", is_flag=True, help="Also train the vision tower and projector.")
+@click.option("--epochs", default=1.0, type=click.FloatRange(min=0, min_open=True), help="Passes over the shards.")
+@click.option("--max-steps", default=None, type=click.IntRange(min=1), help="Stop after this many optimizer steps (overrides --epochs).")
+@click.option("--learning-rate", default=2e-4, type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
+@click.option("--lr-scheduler", default="cosine", type=click.Choice(["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]), help="Learning rate schedule.")
+@click.option("--warmup-steps", default=0, type=click.IntRange(min=0), help="Steps of linear warm-up.")
+@click.option("--batch-size", default=1, type=click.IntRange(min=1), help="Rows per device per step.")
+@click.option("--gradient-accumulation-steps", default=1, type=click.IntRange(min=1), help="Batches per optimizer step.")
+@click.option("--bf16/--no-bf16", default=None, help="bfloat16 mixed precision [default: when the GPU supports it; float32 on the CPU].")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations to save memory.")
+@click.option("--seed", default=42, type=int, help="Seed of the initialisation and the data order.")
+@click.option("--save-steps", default=None, type=click.IntRange(min=1), help="Save a checkpoint every N steps (for --resume) [default: only at the end].")
+@click.option("--save-total-limit", default=2, type=click.IntRange(min=1), help="Checkpoints kept.")
+@click.option("--val-set-size", default=0.0, type=click.FloatRange(min=0), help="Rows held out for evaluation: a fraction below 1, or a count.")
+@click.option("--eval-steps", default=None, type=click.IntRange(min=1), help="Evaluate every N steps [default: at the end only].")
+@click.option("--logging-steps", default=1, type=click.IntRange(min=1), help="Log the loss every N steps.")
+@click.option("--load-in-4bit", is_flag=True, help="QLoRA: load the base model in 4 bits (CUDA and bitsandbytes).")
+@click.option("--load-in-8bit", is_flag=True, help="Load the base model in 8 bits (CUDA and bitsandbytes).")
+@click.option("--num-workers", default=0, type=click.IntRange(min=0), help="Data loader worker processes.")
+@click.option("--log-rows", is_flag=True, help="Write the ids of the rows each process trained on to rows-rank<N>.txt.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the output folder.")
+@click.option("--resume-from", default=None, type=click.Path(exists=True, file_okay=False), help="Continue from this checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(shards, out_dir, model, adapter, lora_r, lora_alpha, lora_dropout, lora_target_modules, train_vision, epochs,
+          max_steps, learning_rate, lr_scheduler, warmup_steps, batch_size, gradient_accumulation_steps, bf16,
+          gradient_checkpointing, seed, save_steps, save_total_limit, val_set_size, eval_steps, logging_steps,
+          load_in_4bit, load_in_8bit, num_workers, log_rows, resume, resume_from, overwrite, quiet) -> None:
+    """Fine-tune a model on the token shards SHARDS (a folder made by tokenize, or a hub dataset id).
+
+    Batches come straight from the shards: no image is decoded. For several GPUs or nodes, run the same
+    command under `accelerate launch` or `torchrun`.
+
+    \b
+    Examples:
+      vlmdata train out/shards -o out/lora --max-steps 1000 --batch-size 4
+      vlmdata train out/shards -o out/lora --lora-target-modules 'model.language_model.layers.[\\d]+.(mlp|self_attn).(up|down|gate|q|k|v|o)_proj'
+      torchrun --nproc_per_node 8 -m vlmdata.cli train out/shards -o out/lora --gradient-checkpointing
+    """
+    from vlmdata.train import DEFAULT_LORA_TARGETS, AdapterOptions, TrainOptions
+    from vlmdata.train import train as run_train
+
+    if load_in_4bit and load_in_8bit:
+        raise click.UsageError("--load-in-4bit and --load-in-8bit exclude each other.")
+    if resume and resume_from:
+        raise click.UsageError("--resume and --resume-from exclude each other.")
+    adapter_options = AdapterOptions(adapter, lora_r, lora_alpha, lora_dropout, lora_target_modules or DEFAULT_LORA_TARGETS, train_vision)
+    options = TrainOptions(
+        adapter=adapter_options, epochs=epochs, max_steps=max_steps, learning_rate=learning_rate,
+        lr_scheduler=lr_scheduler, warmup_steps=warmup_steps, batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps, bf16=bf16,
+        gradient_checkpointing=gradient_checkpointing, seed=seed, save_steps=save_steps,
+        save_total_limit=save_total_limit, val_set_size=val_set_size, eval_steps=eval_steps,
+        logging_steps=logging_steps, quantization="4bit" if load_in_4bit else "8bit" if load_in_8bit else None,
+        num_workers=num_workers, log_rows=log_rows,
+    )
+    summary = _run(run_train, shards, out_dir, model=model, options=options, resume=resume_from or resume,
+                   overwrite=overwrite, progress=not quiet)
+    _print_train_summary(summary)
+
+
 def _run(stage, *args, **kwargs):
     try:
         return stage(*args, **kwargs)
@@ -240,6 +346,21 @@ def _print_tokenize_summary(summary) -> None:
         click.echo(f"  rejects by reason (details in {out / 'rejects.jsonl'}):")
         for reason, count in summary.rejects_by_reason.most_common():
             click.echo(f"    {count:>6}  {reason}")
+
+
+def _print_train_summary(summary) -> None:
+    out = Path(summary.out_dir)
+    click.echo(f"\nTrained {summary.steps} steps -> {out}")
+    lines = [
+        ("base model", summary.checkpoint),
+        ("trainable", f"{summary.trainable_parameters:,} of {summary.total_parameters:,} parameters"),
+        ("loss", f"{summary.first_loss:.4f} at the first step, {summary.last_loss:.4f} at the last"
+         if summary.first_loss is not None else "-"),
+        ("eval loss", f"{summary.metrics['eval_loss']:.4f}" if "eval_loss" in summary.metrics else "-"),
+        ("loss log", f"{out / 'loss.jsonl'} (curve: {out / 'loss.png'})"),
+    ]
+    for label, value in lines:
+        click.echo(f"  {label:<12} {value}")
 
 
 def _human_bytes(count: int) -> str:

@@ -24,7 +24,7 @@ from vlmdata.arrow_folder import ArrowFolderWriter
 from vlmdata.errors import FatalError, RowError
 from vlmdata.media import MediaLoader, MediaOptions
 from vlmdata.parallel import batched, map_in_order
-from vlmdata.readers import ReaderOptions, read_sources
+from vlmdata.readers import ReaderOptions, open_sources
 from vlmdata.rows import RawRow, Reject
 from vlmdata.schema import normalise
 from vlmdata.versions import library_versions
@@ -113,7 +113,7 @@ def convert(
         raise FatalError(f"--num-proc must be at least 1, got {num_proc}.")
     started = time.monotonic()
     summary = ConvertSummary(out_dir=str(out_dir))
-    rows = read_sources(sources, format, reader_options)
+    rows = open_sources(sources, format, reader_options)
 
     with ArrowFolderWriter(out_dir, FEATURES, overwrite=overwrite) as writer:
         if media_options.cache_dir is None:
@@ -158,13 +158,32 @@ def convert_row(row: RawRow, loader: MediaLoader) -> dict[str, Any] | Reject:
     stage = "normalise"
     try:
         conversation = normalise(row.record or {})
+        _check_unicode(conversation.messages, row)
         stage = "image"
         images = [_load(loader.load_image, payload, row, "image", k) for k, payload in enumerate(conversation.images)]
         stage = "audio"
         audios = [_load(loader.load_audio, payload, row, "audio", k) for k, payload in enumerate(conversation.audios)]
     except RowError as error:
         return Reject(row.source, row.id, stage, str(error))
+    except Exception as error:
+        # Decoders meet inputs nobody foresaw; one such row must cost that row, not a run of many hours.
+        return Reject(row.source, row.id, stage, f"unexpected {type(error).__name__}: {error}")
     return {"messages": conversation.messages, "images": images, "audios": audios, "id": row.id, "source": row.source}
+
+
+def _check_unicode(messages: list[dict[str, Any]], row: RawRow) -> None:
+    """Refuses text with no UTF-8 form: JSON can spell a lone surrogate ("\\ud800"), and Arrow, which stores
+    UTF-8, would only find it when writing, failing a whole batch instead of one row."""
+    texts = [("the row id", row.id), ("the source name", row.source)]
+    for number, message in enumerate(messages):
+        texts.append((f"message {number}: role", message["role"]))
+        texts += [(f"message {number}, part {index}", part["text"]) for index, part in enumerate(message["content"])]
+    for where, text in texts:
+        try:
+            if text is not None:
+                text.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise RowError(f"{where}: the text is not valid Unicode ({error.reason})") from error
 
 
 def _load(load, payload: dict[str, Any], row: RawRow, kind: str, position: int) -> dict[str, Any]:

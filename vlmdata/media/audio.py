@@ -15,6 +15,11 @@ import soundfile
 
 from vlmdata.errors import RowError
 
+# Beyond these, a rate is a corrupt header or a hostile value: resampling 1 Hz audio to 16 kHz would make every
+# sample sixteen thousand, enough to exhaust memory from a small file.
+MIN_SAMPLING_RATE = 1000
+MAX_SAMPLING_RATE = 768000
+
 
 def decode_audio(data: bytes, label: str) -> tuple[np.ndarray, int]:
     """Decodes an audio file (WAV, FLAC, OGG, MP3, ... whatever libsndfile reads) held in memory.
@@ -49,7 +54,8 @@ def prepare_audio(samples, sampling_rate: int, target_rate: int, label: str) -> 
         {"array": 1-D float32 array, "sampling_rate": target_rate}
 
     Raises:
-        RowError: the samples are empty, not numbers, of more than two dimensions, or not finite.
+        RowError: the samples are empty, not numbers, of more than two dimensions, or not finite, or they need
+            resampling from a rate outside MIN_SAMPLING_RATE..MAX_SAMPLING_RATE.
     """
     mono = to_mono(as_float_samples(samples, label), label)
     if mono.size == 0:
@@ -58,9 +64,14 @@ def prepare_audio(samples, sampling_rate: int, target_rate: int, label: str) -> 
         raise RowError(f"audio {label} contains NaN or infinite samples")
     if isinstance(sampling_rate, float) and sampling_rate.is_integer():
         sampling_rate = int(sampling_rate)
-    if not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
         raise RowError(f"audio {label} has an invalid sampling rate {sampling_rate!r}")
     if sampling_rate != target_rate:
+        if not MIN_SAMPLING_RATE <= sampling_rate <= MAX_SAMPLING_RATE:
+            raise RowError(
+                f"audio {label} has a sampling rate of {sampling_rate} Hz, outside the "
+                f"{MIN_SAMPLING_RATE}..{MAX_SAMPLING_RATE} Hz that can be resampled"
+            )
         mono = resample(mono, int(sampling_rate), target_rate)
     return {"array": np.ascontiguousarray(mono, dtype=np.float32), "sampling_rate": target_rate}
 

@@ -1,4 +1,12 @@
-"""Downloading media over HTTP(S): retries, a size cap, and a cache so each URL is fetched once per run.
+"""Downloading media over HTTP(S): retries, limits, and a cache so each URL is fetched once per run.
+
+Limits, so that no server can hold a run or fill its memory:
+    - `timeout` bounds the wait for a connection and for each next piece of the answer, per attempt;
+    - `download_deadline` bounds the whole download of a URL, every attempt, pause and redirect included
+      (a server sending one byte a second never trips a per-read timeout);
+    - `max_download_bytes` bounds the body, whether or not the server announces its length;
+    - at most MAX_REDIRECTS redirects, each target checked again (http/https only, and public with
+      `block_private_urls`).
 
 Caching rules:
     - Successful downloads are kept in memory (least recently used first out, up to MEMORY_CACHE_BYTES) and,
@@ -21,12 +29,14 @@ import re
 import tempfile
 import time
 from collections import OrderedDict
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
 import requests
+import urllib3
 
 from vlmdata import __version__
 from vlmdata.errors import RowError
+from vlmdata.media.addresses import PrivateAddressError, PublicOnlyAdapter, check_public_url
 from vlmdata.media.options import MediaOptions
 
 log = logging.getLogger(__name__)
@@ -52,7 +62,9 @@ class Fetcher:
     def __init__(self, options: MediaOptions):
         self.timeout = options.timeout
         self.retries = max(0, options.retries)
+        self.deadline = options.download_deadline
         self.max_bytes = options.max_download_bytes
+        self.public_only = options.block_private_urls
         self.cache_dir = options.cache_dir
         self._reset_state()
 
@@ -75,8 +87,8 @@ class Fetcher:
         """Returns the body of `url`, from a cache when this run already fetched it.
 
         Raises:
-            RowError: the URL is not http(s), or could not be fetched; the message names the URL and the cause,
-                e.g. "GET http://host/cat.jpg failed: 404 Not Found".
+            RowError: the URL is not http(s), is refused, or could not be fetched; the message names the URL and
+                the cause, e.g. "GET http://host/cat.jpg failed: 404 Not Found".
         """
         check_http_url(url)
         if url in self._failures:
@@ -95,52 +107,93 @@ class Fetcher:
         return data
 
     def _download(self, url: str) -> bytes:
-        attempts = self.retries + 1
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(BACKOFF_SECONDS * 2 ** (attempt - 1))
+        deadline = time.monotonic() + self.deadline
+        attempts = 0
+        while True:
+            attempts += 1
             try:
-                return self._get_once(url)
+                return self._get_following_redirects(url, deadline)
             except _RetryableFailure as exc:
                 cause = str(exc)
+            if attempts > self.retries:
+                break
+            pause = BACKOFF_SECONDS * 2 ** (attempts - 1)
+            if time.monotonic() + pause >= deadline:
+                cause += f"; no time left for another attempt within the download deadline of {self.deadline:g}s"
+                break
+            time.sleep(pause)
         suffix = f" (after {attempts} attempts)" if attempts > 1 else ""
         raise RowError(f"GET {url} failed: {cause}{suffix}")
 
-    def _get_once(self, url: str) -> bytes:
+    def _get_following_redirects(self, url: str, deadline: float) -> bytes:
+        """One attempt: follows redirects one by one, so that every target passes the same checks as `url`."""
+        target = url
+        for _ in range(MAX_REDIRECTS + 1):
+            if target != url:
+                _check_redirect(url, target, self.public_only)
+            elif self.public_only:
+                check_public_url(url)
+            answer = self._get_once(url, target, deadline)
+            if answer is None:
+                raise RowError(f"GET {url} failed: not complete within the download deadline of {self.deadline:g}s")
+            if isinstance(answer, bytes):
+                return answer
+            target = urljoin(target, answer)
+        raise RowError(f"GET {url} failed: more than {MAX_REDIRECTS} redirects")
+
+    def _get_once(self, url: str, target: str, deadline: float) -> bytes | str | None:
+        """GETs `target`: its body, the location it redirects to, or None when the deadline has passed."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        timeout = min(self.timeout, remaining)
         try:
-            with self._get_session().get(url, timeout=self.timeout, stream=True) as response:
+            with self._get_session().get(target, timeout=timeout, stream=True, allow_redirects=False) as response:
+                if response.is_redirect:
+                    return response.headers["Location"]
                 status = f"{response.status_code} {response.reason or ''}".strip()
                 if response.status_code >= 500:
                     raise _RetryableFailure(status)
                 if response.status_code >= 400:
                     raise RowError(f"GET {url} failed: {status}")
-                return self._read_capped(url, response)
-        except requests.TooManyRedirects as exc:
-            raise RowError(f"GET {url} failed: more than {MAX_REDIRECTS} redirects") from exc
-        except requests.Timeout as exc:
-            raise _RetryableFailure(f"no answer within {self.timeout}s") from exc
-        except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+                return self._read_capped(url, response, deadline)
+        except PrivateAddressError as exc:
+            raise RowError(f"GET {url} failed: {exc}") from exc
+        except (requests.Timeout, urllib3.exceptions.TimeoutError) as exc:
+            raise _RetryableFailure(f"no answer within {timeout:g}s") from exc
+        except (
+            requests.ConnectionError,
+            requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.ProtocolError,
+        ) as exc:
             raise _RetryableFailure(f"connection failed ({_short_cause(exc)})") from exc
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise RowError(f"GET {url} failed: {_short_cause(exc)}") from exc
 
-    def _read_capped(self, url: str, response: requests.Response) -> bytes:
+    def _read_capped(self, url: str, response: requests.Response, deadline: float) -> bytes | None:
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise RowError(f"GET {url} failed: the body is {declared} bytes, over the limit of {self.max_bytes}")
+        # read1 returns as soon as any data has arrived, so the deadline is checked however slowly bytes come;
+        # urllib3 before 2.1 has no read1, and then a slow server is only bounded piece by piece.
+        read = getattr(response.raw, "read1", response.raw.read)
         chunks, total = [], 0
-        for chunk in response.iter_content(CHUNK_BYTES):
+        while chunk := read(CHUNK_BYTES, decode_content=True):
             total += len(chunk)
             if total > self.max_bytes:
                 raise RowError(f"GET {url} failed: the body is over the limit of {self.max_bytes} bytes")
+            if time.monotonic() > deadline:
+                return None
             chunks.append(chunk)
         return b"".join(chunks)
 
     def _get_session(self) -> requests.Session:
         if self._session is None:
             session = requests.Session()
-            session.max_redirects = MAX_REDIRECTS
             session.headers["User-Agent"] = USER_AGENT
+            if self.public_only:
+                for prefix in ("http://", "https://"):
+                    session.mount(prefix, PublicOnlyAdapter())
             self._session = session
         return self._session
 
@@ -183,6 +236,15 @@ def check_http_url(url: str) -> None:
         raise RowError(f"cannot fetch {url!r}: scheme {scheme!r} is not supported (only http and https)")
     if not parsed.netloc:
         raise RowError(f"cannot fetch {url!r}: the URL has no host")
+
+
+def _check_redirect(url: str, target: str, public_only: bool) -> None:
+    try:
+        check_http_url(target)
+        if public_only:
+            check_public_url(target)
+    except RowError as exc:
+        raise RowError(f"GET {url} failed: redirected to {target}, which is refused: {exc}") from exc
 
 
 def _short_cause(exc: Exception) -> str:

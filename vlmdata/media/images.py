@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import io
+import re
 import struct
 import warnings
 from contextlib import contextmanager
@@ -111,17 +112,20 @@ def prepare_image(
         data: the encoded image as found (JPEG, PNG, GIF, WEBP, TIFF, ...).
         label: how error messages name the image, e.g. "'cat.jpg'".
         resize: the requested size, or None to keep it.
-        max_pixels: refuse images with more pixels than this; None keeps Pillow's own bomb limit.
+        max_pixels: refuse images with more pixels than this, from their header, before any pixel is
+            decoded; None keeps the limit Pillow has at the time.
 
     Returns:
         `data` itself when the image is already a decodable, upright RGB JPEG/PNG/WEBP of the right size;
         otherwise the image re-encoded (JPEG quality 95 for JPEG sources, else PNG).
 
     Raises:
-        RowError: the bytes are not a complete, decodable image.
+        RowError: the bytes are not a complete, decodable image, or it has more than `max_pixels` pixels.
     """
-    with strict_decoding(label):
-        image = _open(data, label, max_pixels)
+    if not data:
+        raise RowError(f"cannot decode image {label}: the file is empty")
+    with strict_decoding(label, max_pixels):
+        image = Image.open(io.BytesIO(data))
         source_format = image.format
         opened_as_rgb = image.mode == "RGB" and "transparency" not in image.info
         animated = bool(getattr(image, "is_animated", False))
@@ -148,9 +152,13 @@ def prepare_image(
     return encode_image(image, as_jpeg=source_format in JPEG_FAMILY)
 
 
-def prepare_pil_image(image: Image.Image, label: str, resize: Resize | None) -> bytes:
+def prepare_pil_image(
+    image: Image.Image, label: str, resize: Resize | None, max_pixels: int | None = None
+) -> bytes:
     """Like `prepare_image` for an image that is already a PIL object; it is always encoded anew."""
-    with strict_decoding(label):
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise RowError(_too_many_pixels(label, image.width * image.height, max_pixels))
+    with strict_decoding(label, max_pixels):
         image.load()
     as_jpeg = image.format in JPEG_FAMILY
     orientation = _orientation(image)
@@ -235,37 +243,40 @@ def encode_image(image: Image.Image, as_jpeg: bool) -> bytes:
 
 
 @contextmanager
-def strict_decoding(label: str) -> Iterator[None]:
+def strict_decoding(label: str, max_pixels: int | None = None) -> Iterator[None]:
     """Makes partial and oversized images errors for the duration of a decode, whatever another library set.
+
+    Pillow checks the size of every image (and of every frame) from its header before decoding pixels; with
+    `max_pixels` that check uses our limit, and anything over it is an error rather than a warning.
 
     Raises:
         RowError: for any decoding failure inside the block, naming the image by `label`.
     """
-    saved_truncated = ImageFile.LOAD_TRUNCATED_IMAGES
+    saved_truncated, saved_max_pixels = ImageFile.LOAD_TRUNCATED_IMAGES, Image.MAX_IMAGE_PIXELS
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+    limit = Image.MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise RowError(f"image {label} is too large to decode safely: {exc}") from exc
+        # Pillow's message holds the pixel count; the limit it states may be twice ours (its hard-error line).
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise RowError(_too_many_pixels(label, int(pixels.group(1)) if pixels else None, limit)) from exc
     except UnidentifiedImageError as exc:
         raise RowError(f"cannot decode image {label}: not a recognised image format") from exc
     except MALFORMED_FILE_ERRORS as exc:
         raise RowError(f"cannot decode image {label}: {_reason(exc)}") from exc
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved_truncated
+        Image.MAX_IMAGE_PIXELS = saved_max_pixels
 
 
-def _open(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
-    if not data:
-        raise RowError(f"cannot decode image {label}: the file is empty")
-    image = Image.open(io.BytesIO(data))
-    if max_pixels is not None and image.width * image.height > max_pixels:
-        raise RowError(
-            f"image {label} is too large: {image.width}x{image.height} pixels, more than the limit of {max_pixels}"
-        )
-    return image
+def _too_many_pixels(label: str, pixels: int | None, limit: int | None) -> str:
+    size = f"{pixels} pixels" if pixels is not None else "too many pixels"
+    return f"image {label} is too large to decode safely: {size}, over the limit of {limit}"
 
 
 def _reason(exc: BaseException) -> str:

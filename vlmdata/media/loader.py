@@ -6,7 +6,7 @@ import base64
 import binascii
 import os
 from dataclasses import dataclass
-from urllib.parse import unquote, unquote_to_bytes
+from urllib.parse import unquote_to_bytes
 
 import numpy as np
 from PIL import Image
@@ -14,6 +14,7 @@ from PIL import Image
 from vlmdata.errors import RowError
 from vlmdata.media.audio import decode_audio, prepare_audio
 from vlmdata.media.fetch import Fetcher
+from vlmdata.media.files import read_media_file, resolve_media_path
 from vlmdata.media.images import prepare_image, prepare_pil_image
 from vlmdata.media.options import MediaOptions
 
@@ -48,7 +49,8 @@ class MediaLoader:
 
         Args:
             part: exactly one of "image" (PIL image, or {"bytes", "path"} as datasets stores images), "path"
-                (absolute, or relative to media_root if set, else to base_dir; "file://" allowed), "url"
+                (absolute, or relative to media_root if set, else to base_dir; "file://" allowed; with a
+                media_root, it must resolve inside it), "url"
                 (http(s), or a data: URI) and "base64" (raw, or a data:image/...;base64,... URI).
             base_dir: the folder relative paths resolve against when no media_root is set.
 
@@ -59,12 +61,13 @@ class MediaLoader:
             RowError: the payload is missing, ambiguous, unreachable or not a valid image.
         """
         key, value = _payload(part, IMAGE_KEYS, "image")
+        resize, max_pixels = self.options.resize, self.options.max_image_pixels
         if key == "image" and isinstance(value, Image.Image):
             name = _file_name(getattr(value, "filename", "") or None)
             label = f"'{name}'" if name else "given as a PIL image"
-            return {"bytes": prepare_pil_image(value, label, self.options.resize), "path": name}
+            return {"bytes": prepare_pil_image(value, label, resize, max_pixels), "path": name}
         source = self._read_source(key, value, base_dir, "image")
-        return {"bytes": prepare_image(source.data, source.label, self.options.resize), "path": source.name}
+        return {"bytes": prepare_image(source.data, source.label, resize, max_pixels), "path": source.name}
 
     def load_audio(self, part: dict, base_dir: str | None) -> dict:
         """Loads one audio part's payload as mono float32 at `options.audio_sampling_rate`.
@@ -101,10 +104,12 @@ class MediaLoader:
             return _Source(_decode_base64(value, kind), None, "from base64 data")
         if key == "url" or _is_http(value):
             return _Source(self.fetcher.fetch(value), value, f"'{value}'")
-        return _Source(_read_file(self._resolve(value, base_dir), value, kind), _file_name(value), f"'{value}'")
+        path = resolve_media_path(value, base_dir, self.options.media_root, kind)
+        data = read_media_file(path, value, kind, self.options.max_file_bytes)
+        return _Source(data, _file_name(value), f"'{value}'")
 
     def _read_embedded(self, value, base_dir: str | None, kind: str) -> _Source:
-        if isinstance(value, (bytes, bytearray)):
+        if isinstance(value, (bytes, bytearray, memoryview)):
             return _Source(bytes(value), None, "from embedded bytes")
         if isinstance(value, str):
             key = "url" if _is_http(value) or value.startswith("data:") else "path"
@@ -112,21 +117,16 @@ class MediaLoader:
         if not isinstance(value, dict):
             raise RowError(f"{kind} part's {kind!r} has an unsupported type {type(value).__name__}")
         data, path = value.get("bytes"), value.get("path")
+        if path is not None and not isinstance(path, str):
+            raise RowError(f"{kind} part's path must be a string, got {type(path).__name__}")
         if data is not None:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise RowError(f"{kind} part's bytes must be binary data, got {type(data).__name__}")
             label = f"'{path}'" if path else "from embedded bytes"
             return _Source(bytes(data), _file_name(path), label)
         if path:
             return self._read_source("path", path, base_dir, kind)
         raise RowError(f"{kind} part's {kind!r} has neither bytes nor a path")
-
-    def _resolve(self, path: str, base_dir: str | None) -> str:
-        if path.startswith("file://"):
-            path = unquote(path[len("file://"):])
-        path = os.path.expanduser(path)
-        if os.path.isabs(path):
-            return path
-        root = self.options.media_root or base_dir
-        return os.path.join(root, path) if root else path
 
 
 def _payload(part: dict, keys: tuple[str, ...], kind: str) -> tuple[str, object]:
@@ -155,16 +155,6 @@ def _decode_base64(text: str, kind: str) -> bytes:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RowError(f"invalid base64 {kind} data: {exc}") from exc
-
-
-def _read_file(path: str, written_as: str, kind: str) -> bytes:
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except FileNotFoundError as exc:
-        raise RowError(f"{kind} file not found: '{written_as}' (looked for {path})") from exc
-    except OSError as exc:
-        raise RowError(f"cannot read {kind} file '{written_as}': {exc.strerror or exc}") from exc
 
 
 def _is_http(text: str) -> bool:

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 RESIZE_ALGORITHMS = ("bilinear", "bicubic", "lanczos", "nearest")
 RESIZE_MODES = ("letterbox", "exact", "fit")
+# Pillow's own default bomb limit (about 89.5 million pixels), fixed here so that no other library's setting
+# changes which images a run accepts.
+DEFAULT_MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+DEFAULT_MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,18 @@ class MediaOptions:
         resize: how to resize images, or None to keep their size.
         audio_sampling_rate: audio is resampled to this rate, mono.
         media_root: relative paths resolve against this folder instead of the source file's folder.
-        timeout: seconds to wait for an HTTP server, per attempt.
+            When set, it is also a sandbox: a path that resolves outside it (through "..", an absolute path or a
+            symbolic link) is refused.
+        timeout: seconds an HTTP server may take to accept the connection, and to send each next piece of the
+            answer, per attempt.
         retries: extra attempts after a 5xx answer or a connection error.
+        download_deadline: seconds one URL may take in all, every attempt, redirect and pause included, so that
+            a server sending a byte now and then cannot hold a row for ever.
         max_download_bytes: a download larger than this is refused.
+        block_private_urls: refuse URLs whose host resolves to a loopback, private, link-local or otherwise
+            non-public address, checked again at every redirect and on the connected socket itself.
+        max_file_bytes: a media file on disk (or in an archive) larger than this is refused.
+        max_image_pixels: an image with more pixels than this is refused before its pixels are decoded.
         cache_dir: where downloads are kept for the rest of the run, so a URL used by many rows is fetched once;
             None keeps them in memory only.
     """
@@ -71,5 +85,9 @@ class MediaOptions:
     media_root: str | None = None
     timeout: float = 10.0
     retries: int = 3
-    max_download_bytes: int = 64 * 1024 * 1024
+    download_deadline: float = 60.0
+    max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
+    block_private_urls: bool = False
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     cache_dir: str | None = None

@@ -27,7 +27,7 @@ from vlmdata.readers.records import JSON_LINES_SUFFIXES, JSON_SUFFIXES, PARQUET_
 from vlmdata.readers.sharegpt import read_sharegpt
 from vlmdata.rows import RawRow
 
-__all__ = ["FORMATS", "ReaderOptions", "detect_format", "read_sources"]
+__all__ = ["FORMATS", "ReaderOptions", "detect_format", "open_sources", "read_sources"]
 
 Reader = Callable[[str, ReaderOptions], Iterator[RawRow]]
 
@@ -55,9 +55,29 @@ def read_sources(
     Raises:
         FatalError: an unknown format, or a source that cannot be read.
     """
+    yield from open_sources(sources, format, options)
+
+
+def open_sources(
+    sources: list[str], format: str = "auto", options: ReaderOptions = ReaderOptions()
+) -> Iterator[RawRow]:
+    """Like `read_sources`, but checks every source when called rather than when the first row is asked for,
+    so that a stage can fail on a bad source before it writes anything.
+
+    Raises:
+        FatalError: an unknown format, or a source that does not exist or cannot be read.
+    """
     if format != "auto" and format not in FORMATS:
         raise FatalError(f"Unknown format {format!r}; the formats are auto, {', '.join(FORMATS)}.")
-    readers = [(source, FORMATS[detect_format(source) if format == "auto" else format]) for source in sources]
+    readers = []
+    for source in sources:
+        if format != "auto" and not is_hub_source(source) and not os.path.exists(source):
+            raise FatalError(f"Cannot read {source}: no such file or folder.")
+        readers.append((source, FORMATS[detect_format(source) if format == "auto" else format]))
+    return _read_each(readers, options)
+
+
+def _read_each(readers: list[tuple[str, Reader]], options: ReaderOptions) -> Iterator[RawRow]:
     for source, reader in readers:
         yield from reader(source, options)
 

@@ -27,7 +27,7 @@ from vlmdata.errors import FatalError
 from vlmdata.readers.files import list_data_files
 from vlmdata.readers.hub import HubSource, hub_error, is_hub_source
 from vlmdata.readers.options import ReaderOptions
-from vlmdata.readers.records import PARQUET_SUFFIXES, open_parquet
+from vlmdata.readers.records import PARQUET_SUFFIXES, iter_parquet_rows, open_parquet
 from vlmdata.readers.split import Split, parse_split
 from vlmdata.rows import RawRow
 
@@ -37,7 +37,6 @@ IMAGE_COLUMNS = ("images", "image")
 
 # Shards written by `datasets` / the hub: "train-00000-of-00020.parquet", sometimes with a hash after it.
 _SHARD_NAME = re.compile(r"(?P<split>[A-Za-z][\w.]*?)-\d{5}-of-\d{5}(?:-.*)?")
-_BATCH_ROWS = 64
 
 
 def read_llava_instruct_mix(source: str, options: ReaderOptions = ReaderOptions()) -> Iterator[RawRow]:
@@ -75,8 +74,11 @@ def read_local_parquet(source: str, split: Split | None, field: str = "messages"
         if first >= last:
             continue
         name, base_dir = os.path.basename(path), os.path.dirname(os.path.abspath(path))
-        for index, row in iter_parquet_rows(path, first, last):
-            yield RawRow(f"{name}:{index}", path, _with_messages(row, field), base_dir)
+        for index, row, error in iter_parquet_rows(path, first, last):
+            if error:
+                yield RawRow(f"{name}:{index}", path, None, base_dir, f"row {index}: {error}")
+            else:
+                yield RawRow(f"{name}:{index}", path, _with_messages(row, field), base_dir)
 
 
 def split_of_file(path: str, root: str) -> str | None:
@@ -119,28 +121,6 @@ def files_of_split(files: list[str], root: str, name: str | None) -> list[str]:
     if not chosen:
         raise FatalError(f"{root} has no split {name!r}; its splits are {', '.join(available)}.")
     return chosen
-
-
-def iter_parquet_rows(path: str, start: int, stop: int) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yields ``(row index, row)`` for rows ``start <= index < stop`` of one file, skipping whole row groups."""
-    parquet = open_parquet(path)
-    groups, first_row, offset = [], None, 0
-    for group in range(parquet.metadata.num_row_groups):
-        rows = parquet.metadata.row_group(group).num_rows
-        if offset + rows > start and offset < stop:
-            groups.append(group)
-            first_row = offset if first_row is None else first_row
-        offset += rows
-    if not groups:
-        return
-    index = first_row
-    for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, row_groups=groups):
-        for row in batch.to_pylist():
-            if index >= stop:
-                return
-            if index >= start:
-                yield index, row
-            index += 1
 
 
 def read_hub_dataset(source: str, split: Split | None, field: str = "messages") -> Iterator[RawRow]:

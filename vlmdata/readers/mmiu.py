@@ -15,17 +15,25 @@ The first folder of each image path names the archive. The hub's archives hold t
 ("Low-level-semantic/forensic_detection_blink/..."); both are found. Images are read straight out of the
 archives, which stay open for the whole run; a folder already extracted next to the metadata is used when
 there is no archive for a category.
+
+Archives come from elsewhere and are read as untrusted: members named with "..", an absolute path or a drive
+letter, and members that are symbolic links, are never read; a member is read only when its declared size is
+within `ReaderOptions.max_file_bytes`, and never beyond that size; an extracted file is read only when it
+resolves (symbolic links followed) inside the dataset folder.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import zipfile
+import zlib
 from pathlib import PurePosixPath
 from typing import Any, Iterator
 
 from vlmdata.errors import FatalError, RowError
+from vlmdata.media.options import DEFAULT_MAX_FILE_BYTES
 from vlmdata.readers.hub import HubSource, hub_error, is_hub_source
 from vlmdata.readers.options import ReaderOptions
 from vlmdata.readers.records import (
@@ -70,7 +78,7 @@ def read_mmiu(source: str, options: ReaderOptions = ReaderOptions()) -> Iterator
     split = parse_split(options.split)
     # Slicing happens on the metadata, before any image is read out of an archive.
     records = take_slice(iter_files_records(metadata_files), split, lambda: count_files_records(metadata_files))
-    archives = Archives(root)
+    archives = Archives(root, options.max_file_bytes)
     try:
         for path, record in records:
             yield record_to_row(record, path, archives)
@@ -191,8 +199,9 @@ def safe_relative_path(raw: Any) -> PurePosixPath:
 class Archives:
     """The category archives of an MMIU folder, each opened on first use and kept open until `close`."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, max_member_bytes: int = DEFAULT_MAX_FILE_BYTES):
         self.root = root
+        self.max_member_bytes = max_member_bytes
         self._archives: dict[str, _Archive | None] = {}
 
     def image_part(self, raw_path: Any) -> dict[str, Any]:
@@ -206,11 +215,15 @@ class Archives:
         archive = self._archive(category)
         member = archive.find(relative) if archive else None
         if member:
-            return {"type": "image", "image": {"bytes": archive.read(member), "path": member}}
-        extracted = os.path.join(self.root, *relative.parts)
-        if os.path.isfile(extracted):
-            return {"type": "image", "path": os.path.abspath(extracted)}
+            data = archive.read(member, self.max_member_bytes)
+            return {"type": "image", "image": {"bytes": data, "path": member}}
+        extracted = self._extracted_file(relative, raw_path)
+        if extracted:
+            return {"type": "image", "path": extracted}
         if archive:
+            refused = archive.refused_reason(relative)
+            if refused:
+                raise RowError(f"image {raw_path!r} is refused: {refused} in {archive.path}")
             raise RowError(f"image {raw_path!r} is not in {archive.path}")
         raise RowError(f"image {raw_path!r}: no archive {category}.zip and no folder {category}/ in {self.root}")
 
@@ -220,6 +233,16 @@ class Archives:
                 archive.close()
         self._archives.clear()
 
+    def _extracted_file(self, relative: PurePosixPath, raw_path: Any) -> str | None:
+        """The file of an extracted category folder, provided it does not lead out of the dataset folder."""
+        path = os.path.join(self.root, *relative.parts)
+        if not os.path.isfile(path):
+            return None
+        root, resolved = os.path.realpath(self.root), os.path.realpath(path)
+        if os.path.commonpath([root, resolved]) != root:
+            raise RowError(f"image {raw_path!r} is a symbolic link that leads outside the dataset folder")
+        return resolved
+
     def _archive(self, category: str) -> "_Archive | None":
         if category not in self._archives:
             path = os.path.join(self.root, f"{category}.zip")
@@ -228,7 +251,7 @@ class Archives:
 
 
 class _Archive:
-    """One open zip archive and the names of its members that are safe to read."""
+    """One open zip archive, the members that are safe to read, and why the others are not."""
 
     def __init__(self, path: str):
         self.path = path
@@ -236,27 +259,67 @@ class _Archive:
             self.zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
             raise FatalError(f"Cannot open the image archive {path}: {exc}.") from exc
-        self.members = {
-            info.filename for info in self.zip.infolist() if not info.is_dir() and _is_safe_member(info.filename)
-        }
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        self.refused: dict[str, str] = {}
+        for info in self.zip.infolist():
+            if info.is_dir():
+                continue
+            reason = _unsafe_member_reason(info)
+            if reason:
+                self.refused[info.filename] = reason
+            else:
+                self.members[info.filename] = info
 
     def find(self, relative: PurePosixPath) -> str | None:
         """The member holding `relative`, stored with or without the category folder in front."""
-        for candidate in (relative.as_posix(), PurePosixPath(*relative.parts[1:]).as_posix()):
-            if candidate in self.members:
-                return candidate
-        return None
+        return next((name for name in _member_names(relative) if name in self.members), None)
 
-    def read(self, member: str) -> bytes:
-        return self.zip.read(member)
+    def refused_reason(self, relative: PurePosixPath) -> str | None:
+        """Why the member holding `relative` is not read, when it exists but is unsafe."""
+        return next((self.refused[name] for name in _member_names(relative) if name in self.refused), None)
+
+    def read(self, member: str, max_bytes: int) -> bytes:
+        """The member's bytes, refused unless its declared size is within `max_bytes`.
+
+        The read is bounded too: zipfile stops at the declared size, so an archive that lies about a member's
+        size gives a checksum error, never more data than declared.
+
+        Raises:
+            RowError: the member is too large, or its data is corrupt.
+        """
+        info = self.members[member]
+        if info.file_size > max_bytes:
+            raise RowError(
+                f"member {member!r} of {self.path} is {info.file_size} bytes uncompressed, "
+                f"over the limit of {max_bytes}"
+            )
+        try:
+            with self.zip.open(info) as file:
+                data = file.read(max_bytes + 1)
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as exc:
+            raise RowError(f"cannot read member {member!r} of {self.path}: {exc}") from exc
+        if len(data) > max_bytes:
+            raise RowError(f"member {member!r} of {self.path} is over the limit of {max_bytes} bytes")
+        return data
 
     def close(self) -> None:
         self.zip.close()
 
 
-def _is_safe_member(name: str) -> bool:
+def _member_names(relative: PurePosixPath) -> tuple[str, str]:
+    return relative.as_posix(), PurePosixPath(*relative.parts[1:]).as_posix()
+
+
+def _unsafe_member_reason(info: zipfile.ZipInfo) -> str | None:
+    """Why a member must not be read, or None: a name leaving the archive's tree, or a symbolic link."""
+    name = info.filename.replace("\\", "/")
     path = PurePosixPath(name)
-    return not (path.is_absolute() or _DRIVE.match(name) or ".." in path.parts)
+    if path.is_absolute() or _DRIVE.match(name) or ".." in path.parts:
+        return "its name leads outside the archive"
+    # Unix modes live in the top 16 bits; an extractor would create a link there, pointing anywhere.
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return "it is a symbolic link"
+    return None
 
 
 def _is_archive_or_folder(root: str, name: str) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vlmdata.media.options import DEFAULT_MAX_FILE_BYTES
+
 
 @dataclass(frozen=True)
 class ReaderOptions:
@@ -18,8 +20,11 @@ class ReaderOptions:
         field_messages: the column holding the conversation; it is renamed to "messages" in the record.
         media_root: the folder MMIU archives (or their extracted folders) live in, when not beside the
             metadata file. Other readers leave it to the media loader.
+        max_file_bytes: an archive member larger than this (uncompressed) is refused without being read, so
+            that a small archive cannot expand into all the memory there is (a "zip bomb").
     """
 
     split: str | None = None
     field_messages: str | None = "messages"
     media_root: str | None = None
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vlmdata.errors import FatalError
@@ -92,8 +93,8 @@ def open_parquet(path: str) -> pq.ParquetFile:
     """Opens a parquet file; a file that is not parquet is a problem with the whole source."""
     try:
         return pq.ParquetFile(path)
-    except OSError as exc:  # pyarrow's ArrowInvalid and ArrowIOError are OSErrors
-        raise FatalError(f"Cannot read {path} as parquet: {exc}.") from exc
+    except (OSError, pa.ArrowException) as exc:  # ArrowInvalid (not parquet at all) is a ValueError
+        raise FatalError(f"Cannot read {path} as parquet: {exc}") from exc
 
 
 def parquet_columns(path: str) -> list[str]:
@@ -142,6 +143,9 @@ def _iter_json_lines(path: str) -> Iterator[SourceRecord]:
             except json.JSONDecodeError as exc:
                 yield SourceRecord(key, where, None, f"{where}: invalid JSON: {exc.msg} (column {exc.colno})")
                 continue
+            except RecursionError:
+                yield SourceRecord(key, where, None, f"{where}: the JSON is nested too deeply to read")
+                continue
             yield _object_record(key, where, value)
 
 
@@ -180,6 +184,8 @@ def _stream_json_array(path: str) -> Iterator[Any]:
         yield from _array_items(path)
     except UnicodeDecodeError as exc:
         raise FatalError(f"{path} is not UTF-8 text: {exc.reason}.") from exc
+    except RecursionError as exc:
+        raise FatalError(f"{path} holds JSON nested too deeply to read.") from exc
 
 
 def _array_items(path: str) -> Iterator[Any]:
@@ -246,8 +252,40 @@ class _ArrayBuffer:
 
 def _iter_parquet(path: str) -> Iterator[SourceRecord]:
     name = os.path.basename(path)
-    index = 0
-    for batch in open_parquet(path).iter_batches(batch_size=_PARQUET_BATCH_ROWS):
-        for value in batch.to_pylist():
-            yield SourceRecord(f"{name}:{index}", f"row {index}", value)
-            index += 1
+    for index, value, error in iter_parquet_rows(path):
+        where = f"row {index}"
+        yield SourceRecord(f"{name}:{index}", where, value, f"{where}: {error}" if error else None)
+
+
+def iter_parquet_rows(
+    path: str, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    """Yields ``(row index, row, error)`` for rows ``start <= index < stop``, skipping whole row groups.
+
+    A row group whose pages are corrupt cannot be stepped into, but the footer says how many rows it holds:
+    each row not yet yielded comes out with the error instead, so that every row of the file is accounted for.
+    """
+    parquet = open_parquet(path)
+    stop = parquet.metadata.num_rows if stop is None else stop
+    first_row = 0
+    for group in range(parquet.metadata.num_row_groups):
+        group_rows = parquet.metadata.row_group(group).num_rows
+        group_start, first_row = first_row, first_row + group_rows
+        if first_row > start and group_start < stop:
+            yield from _row_group(parquet, group, group_start, group_rows, start, stop)
+
+
+def _row_group(
+    parquet: pq.ParquetFile, group: int, first: int, count: int, start: int, stop: int
+) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
+    index = first
+    try:
+        for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[group]):
+            for row in batch.to_pylist():
+                if start <= index < stop:
+                    yield index, row, None
+                index += 1
+    except (OSError, pa.ArrowException) as exc:
+        error = f"row group {group} cannot be read: {exc}"
+        for lost in range(max(index, start), min(first + count, stop)):
+            yield lost, None, error
