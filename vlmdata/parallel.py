@@ -5,8 +5,12 @@ from __future__ import annotations
 import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from typing import TypeVar
+
+from vlmdata.errors import FatalError
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -29,15 +33,25 @@ def map_in_order(fn: Callable[[Item], Result], items: Iterable[Item], num_proc: 
     The result order never depends on `num_proc`, so the output of a stage is identical however it was run.
     `fn` must be a module-level function (workers are spawned, not forked, so they hold no inherited threads
     or open files).
+
+    Raises:
+        FatalError: a worker process died (killed, out of memory, a crash in native code); a `Pool` would
+            wait for its result forever.
     """
     if num_proc <= 1:
         yield from map(fn, items)
         return
-    with multiprocessing.get_context("spawn").Pool(num_proc) as pool:
+    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
         pending = deque()
-        for item in items:
-            pending.append(pool.apply_async(fn, (item,)))
-            if len(pending) >= num_proc * BATCHES_IN_FLIGHT_PER_WORKER:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        try:
+            for item in items:
+                pending.append(pool.submit(fn, item))
+                if len(pending) >= num_proc * BATCHES_IN_FLIGHT_PER_WORKER:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise FatalError(
+                "A worker process died (killed, or out of memory); nothing was written. "
+                "Run the same command again, with a lower --num-proc if memory is short."
+            ) from None
