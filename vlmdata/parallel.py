@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -41,7 +44,8 @@ def map_in_order(fn: Callable[[Item], Result], items: Iterable[Item], num_proc: 
     if num_proc <= 1:
         yield from map(fn, items)
         return
-    with ProcessPoolExecutor(num_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(num_proc, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         pending = deque()
         try:
             for item in items:
@@ -55,3 +59,15 @@ def map_in_order(fn: Callable[[Item], Result], items: Iterable[Item], num_proc: 
                 "A worker process died (killed, or out of memory); nothing was written. "
                 "Run the same command again, with a lower --num-proc if memory is short."
             ) from None
+
+
+def _exit_with(parent_pid: int) -> None:
+    """Ends a worker once its parent is gone: a parent killed with SIGKILL cannot tell its workers to stop, and
+    they would otherwise wait for work forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
