@@ -7,7 +7,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 FIXTURES := fixtures/data
 DEMO_OUT := out/demo
 
-.PHONY: install fixtures test test-fast demo clean
+.PHONY: install fixtures test test-fast demo clean bench
 
 install: $(VENV)/.installed
 
@@ -37,17 +37,24 @@ test: install fixtures
 test-fast: install fixtures
 	$(PYTHON) -m pytest -m "not slow"
 
+# recipes/tiny-gemma3.yaml writes under out/demo: convert -> tokenize -> train, each skipped when already done.
 demo: install fixtures
-	$(VLMDATA) convert $(FIXTURES)/llava_instruct_mix --split 'train[:50%]' -o $(DEMO_OUT)/llava --overwrite --quiet
+	HF_HUB_OFFLINE=1 $(VLMDATA) run recipes/tiny-gemma3.yaml --quiet
 	$(VLMDATA) convert $(FIXTURES)/mmiu -o $(DEMO_OUT)/mmiu --image-size 64 --overwrite --quiet
 	$(VLMDATA) convert $(FIXTURES)/jsonl/conversations.jsonl -o $(DEMO_OUT)/jsonl --image-size 48x32 --overwrite --quiet
 	$(VLMDATA) convert $(FIXTURES)/sharegpt/sharegpt.json -o $(DEMO_OUT)/sharegpt --image-size 64 --resize-mode fit --num-proc 2 --overwrite --quiet
-	HF_HUB_OFFLINE=1 $(VLMDATA) tokenize $(DEMO_OUT)/llava -o $(DEMO_OUT)/shards-gemma3 --model $(FIXTURES)/models/gemma3 --overwrite --quiet
 	HF_HUB_OFFLINE=1 $(VLMDATA) tokenize $(DEMO_OUT)/jsonl -o $(DEMO_OUT)/shards-gemma3n --model $(FIXTURES)/models/gemma3n --overwrite --quiet
 	@echo
-	@echo "Demo outputs (load any with datasets.load_from_disk):"
+	@echo "Demo outputs (load the datasets and shards with datasets.load_from_disk):"
 	@echo "  normalised datasets: $(DEMO_OUT)/{llava,mmiu,jsonl,sharegpt}"
 	@echo "  token shards:        $(DEMO_OUT)/shards-gemma3 (images), $(DEMO_OUT)/shards-gemma3n (images and audio)"
+	@echo "  LoRA adapter:        $(DEMO_OUT)/lora-gemma3 (trained by recipes/tiny-gemma3.yaml; loss curve in loss.png)"
 
 clean:
 	rm -rf $(FIXTURES) out .pytest_cache
+
+# Benchmarks -> BENCHMARKS.md (15-20 minutes on 2 cores). BENCH_ARGS=--full for larger samples, --smoke to check.
+# pyinstrument is only needed for the profiles; without it (and no index to install from) they are left out.
+bench: install fixtures
+	$(PYTHON) -c "import pyinstrument" 2>/dev/null || $(PYTHON) -m pip install --quiet pyinstrument || true
+	HF_HUB_OFFLINE=1 $(PYTHON) -m bench.run_all $(BENCH_ARGS)

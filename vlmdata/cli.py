@@ -21,7 +21,30 @@ def cli() -> None:
     tokenize  normalised dataset -> token shards for one model
     train     token shards -> LoRA adapter or fine-tuned weights
     inspect   statistics and an HTML preview of a dataset, token shards or rejects file
+    run       convert, tokenize and train from one recipe file (axolotl's keys)
     """
+
+
+def _apply_config(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """Makes the recipe's options this command's defaults, so that options on the command line win."""
+    if value is None:
+        return
+    from vlmdata.recipe import command_options, load_recipe
+
+    recipe = _run(load_recipe, value)
+    ctx.default_map = {**(ctx.default_map or {}), **command_options(recipe)[ctx.command.name]}
+
+
+# Eager, so that the recipe is read before any other option takes its value.
+config_option = click.option(
+    "--config",
+    metavar="RECIPE",
+    type=click.Path(exists=True, dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_apply_config,
+    help="Recipe (YAML, axolotl's keys) that fills this command's options; options given here override it.",
+)
 
 
 @cli.command()
@@ -92,6 +115,7 @@ def cli() -> None:
 @click.option("--strict", is_flag=True, help="Stop at the first bad row instead of recording it in rejects.jsonl.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
 def convert(sources, out_dir, source_format, split, field_messages, media_root, image_size, resize_mode,
             resize_algorithm, audio_sampling_rate, timeout, retries, download_deadline, max_download_bytes,
             block_private_urls, max_file_bytes, max_image_pixels, num_proc, strict, overwrite, quiet) -> None:
@@ -165,6 +189,7 @@ def convert(sources, out_dir, source_format, split, field_messages, media_root, 
 @click.option("--strict", is_flag=True, help="Stop at the first bad row instead of recording it in rejects.jsonl.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
 def tokenize(data, out_dir, model, chat_template, max_length, truncate, train_on, num_proc, strict, overwrite,
              quiet) -> None:
     """Tokenize the normalised dataset DATA into token shards (input_ids, labels, model tensors) for one model.
@@ -259,6 +284,7 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
 @click.option("--resume-from", default=None, type=click.Path(exists=True, file_okay=False), help="Continue from this checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_option
 def train(shards, out_dir, model, adapter, lora_r, lora_alpha, lora_dropout, lora_target_modules, train_vision, epochs,
           max_steps, learning_rate, lr_scheduler, warmup_steps, batch_size, gradient_accumulation_steps, bf16,
           gradient_checkpointing, seed, save_steps, save_total_limit, val_set_size, eval_steps, logging_steps,
@@ -296,12 +322,61 @@ def train(shards, out_dir, model, adapter, lora_r, lora_alpha, lora_dropout, lor
     _print_train_summary(summary)
 
 
+@cli.command()
+@click.argument("recipe_file", metavar="RECIPE", type=click.Path(exists=True, dir_okay=False))
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def run(ctx, recipe_file, quiet) -> None:
+    """Run convert, tokenize and train from one RECIPE file (YAML, axolotl's keys).
+
+    A stage whose output folder is complete and was made with the same settings is skipped; once a stage
+    runs, every stage after it runs too. `--config RECIPE` on convert, tokenize or train runs a single stage.
+
+    \b
+    Examples:
+      vlmdata run recipes/gemma3.yaml
+      vlmdata run recipes/tiny-gemma3.yaml --quiet
+    """
+    from vlmdata.recipe import (
+        command_options, folders, load_recipe, may_replace, record_settings, require, stage_settings, why_stale,
+    )
+
+    recipe = _run(load_recipe, recipe_file)
+    _run(require, recipe, "base_model", "datasets")
+    options = command_options(recipe)
+    earlier_stage_ran = False
+    for command in (convert, tokenize, train):
+        defaults = {**options[command.name], "quiet": quiet}
+        with command.make_context(command.name, [], parent=ctx, default_map=defaults) as stage:
+            settings = stage_settings(stage.params)
+            out = stage.params["out_dir"]
+            reason = "an earlier stage ran" if earlier_stage_ran else why_stale(out, command.name, settings)
+            if reason is None:
+                click.echo(f"{command.name}: skipped, {out} is complete for these settings")
+                continue
+            if not may_replace(out, command.name):
+                _fail(f"{out} exists and holds no output of {command.name}; move it away or name another folder in the recipe.")
+            click.echo(f"{command.name}: running, as {reason}")
+            stage.params["overwrite"] = True
+            command.invoke(stage)
+            record_settings(out, settings)
+            earlier_stage_ran = True
+    where = folders(recipe)
+    click.echo(f"\nRecipe {recipe_file} done:")
+    for label, folder in (("normalised dataset", where.normalised), ("token shards", where.shards), ("trained model", where.output)):
+        click.echo(f"  {label:<19} {folder}")
+
+
 def _run(stage, *args, **kwargs):
     try:
         return stage(*args, **kwargs)
     except FatalError as error:
-        click.secho(f"error: {error}", fg="red", err=True)
-        sys.exit(1)
+        _fail(str(error))
+
+
+def _fail(message: str) -> None:
+    click.secho(f"error: {message}", fg="red", err=True)
+    sys.exit(1)
 
 
 def _print_convert_summary(summary) -> None:

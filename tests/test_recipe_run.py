@@ -1,0 +1,156 @@
+"""`vlmdata run` and `--config`: the seeds' axolotl config runs end to end, offline, and reruns only what changed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+from click.testing import CliRunner
+
+from tests.fixture_data import build_once, hub_offline
+from tests.tokenize_fixtures import tiny_model
+from vlmdata.cli import cli
+
+VLMDATA = str(Path(sys.executable).parent / "vlmdata")
+
+# The example of the seeds' multimodal documentation, as written there (its comments included).
+SEED_CONFIG = r"""
+processor_type: AutoProcessor
+skip_prepare_dataset: true
+remove_unused_columns: false # leave columns in place as they are needed to handle image embeddings during training
+sample_packing: false # not yet supported with multimodal
+chat_template: # see in next section
+# example dataset
+datasets:
+  - path: HuggingFaceH4/llava-instruct-mix-vsft
+    type: chat_template
+    split: train[:1%]
+    field_messages: messages
+# (optional) if doing lora, only finetune the Language model,
+# leave the vision model and vision tower frozen
+# load_in_8bit: true
+adapter: lora
+lora_target_modules: 'model.language_model.layers.[\d]+.(mlp|cross_attn|self_attn).(up|down|gate|q|k|v|o)_proj'
+# (optional) if you want to resize images to a set size
+image_size: 512
+image_resize_algorithm: bilinear
+"""
+
+
+@pytest.fixture
+def seed_recipe(tmp_path_factory, tmp_path, monkeypatch) -> Path:
+    """The seed config pointed at the tiny Gemma 3 and the llava-instruct-mix fixture, with a few steps."""
+    hub_offline(monkeypatch)
+    llava = build_once(tmp_path_factory) / "llava_instruct_mix"
+    text = SEED_CONFIG.replace("HuggingFaceH4/llava-instruct-mix-vsft", str(llava))
+    # The fixture's train split holds 12 rows, of which 1% is none.
+    text = text.replace("split: train[:1%]", "split: train")
+    text = f"base_model: {tiny_model('gemma3')}\n" + text
+    text += f"chat_template: gemma3\nmax_steps: 2\nmicro_batch_size: 2\noutput_dir: {tmp_path / 'lora'}\n"
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text.replace("chat_template: # see in next section\n", ""))
+    return path
+
+
+def run(*args) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, [str(arg) for arg in args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def stage_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.split(":")[0] in ("convert", "tokenize", "train")]
+
+
+def test_the_seed_config_runs_end_to_end_and_again_only_where_settings_changed(seed_recipe, tmp_path):
+    code, output = run("run", seed_recipe, "--quiet")
+    assert code == 0, output
+    assert stage_lines(output) == [
+        "convert: running, as it has not run yet",
+        "tokenize: running, as an earlier stage ran",
+        "train: running, as an earlier stage ran",
+    ]
+    normalised, shards, lora = tmp_path / "lora-prepared" / "normalised", tmp_path / "lora-prepared" / "shards", tmp_path / "lora"
+    rows = datasets.load_from_disk(str(normalised))
+    assert len(rows) == 12 and rows[0]["images"][0].size == (512, 512)  # image_size 512, letterboxed
+    assert json.loads((shards / "vlmdata.json").read_text())["chat_template"] == "gemma3"
+    trained = json.loads((lora / "vlmdata.json").read_text())
+    assert trained["steps"] == 2 and trained["options"]["batch_size"] == 2
+    assert trained["options"]["adapter"]["lora_target_modules"].startswith("model.language_model.layers.")
+    assert (lora / "adapter_model.safetensors").is_file()
+    adapter_written = (lora / "adapter_model.safetensors").stat().st_mtime_ns
+
+    code, output = run("run", seed_recipe, "--quiet")
+    assert code == 0, output
+    assert stage_lines(output) == [
+        f"convert: skipped, {normalised} is complete for these settings",
+        f"tokenize: skipped, {shards} is complete for these settings",
+        f"train: skipped, {lora} is complete for these settings",
+    ]
+    assert (lora / "adapter_model.safetensors").stat().st_mtime_ns == adapter_written
+
+    seed_recipe.write_text(seed_recipe.read_text().replace("max_steps: 2", "max_steps: 3"))
+    code, output = run("run", seed_recipe, "--quiet")
+    assert code == 0, output
+    assert stage_lines(output)[:2] == [
+        f"convert: skipped, {normalised} is complete for these settings",
+        f"tokenize: skipped, {shards} is complete for these settings",
+    ]
+    assert stage_lines(output)[2] == "train: running, as its settings changed (max_steps: 2 -> 3)"
+    assert json.loads((lora / "vlmdata.json").read_text())["steps"] == 3
+
+
+def test_a_changed_data_key_reruns_its_stage_and_every_later_one(seed_recipe, tmp_path):
+    # Convert and tokenize only: training is covered above, and a folder of something else stops the run.
+    (tmp_path / "lora").mkdir()
+    (tmp_path / "lora" / "notes.txt").write_text("mine")
+    code, output = run("run", seed_recipe, "--quiet")
+    assert code == 1
+    assert f"error: {tmp_path / 'lora'} exists and holds no output of train;" in output
+    assert (tmp_path / "lora" / "notes.txt").read_text() == "mine"
+
+    seed_recipe.write_text(seed_recipe.read_text().replace("image_size: 512", "image_size: 32"))
+    code, output = run("run", seed_recipe, "--quiet")
+    assert code == 1
+    assert stage_lines(output)[:2] == [
+        'convert: running, as its settings changed (image_size: "512" -> "32")',
+        "tokenize: running, as an earlier stage ran",
+    ]
+    assert datasets.load_from_disk(str(tmp_path / "lora-prepared" / "normalised"))[0]["images"][0].size == (32, 32)
+
+
+def test_config_fills_a_command_and_options_given_override_it(seed_recipe, tmp_path):
+    seed_recipe.write_text(seed_recipe.read_text().replace("image_resize_algorithm: bilinear", "image_resize_algorithm: bicubic"))
+    out = tmp_path / "override"
+    code, output = run("convert", "--config", seed_recipe, "-o", out, "--image-size", "40x30", "--quiet")
+    assert code == 0, output
+    arguments = json.loads((out / "vlmdata.json").read_text())["arguments"]
+    assert arguments["media"]["resize"] == {"width": 40, "height": 30, "mode": "exact", "algorithm": "bicubic"}
+    assert arguments["reader"]["split"] == "train" and arguments["sources"][0].endswith("llava_instruct_mix")
+    assert datasets.load_from_disk(str(out))[0]["images"][0].size == (40, 30)
+
+
+def test_a_recipe_mistake_is_one_sentence_and_a_non_zero_exit(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("base_model: gemma3\nlora_rank: 8\n")
+    for args in (["run", recipe], ["train", "--config", recipe]):
+        result = subprocess.run([VLMDATA, *map(str, args)], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1
+        assert result.stderr.strip() == f"error: {recipe}: unknown key 'lora_rank'; did you mean 'lora_r'?"
+    recipe.write_text("base_model: gemma3\nlr_scheduler: rex\n")
+    result = subprocess.run([VLMDATA, "run", str(recipe)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(f'error: {recipe}: lr_scheduler is "rex", but it takes one of linear, cosine')
+
+
+def test_run_needs_a_model_and_data(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("base_model: gemma3\n")
+    code, output = run("run", recipe)
+    assert code == 1
+    assert output.strip() == f"error: {recipe} has no datasets, which running the whole pipeline needs."

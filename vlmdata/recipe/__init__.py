@@ -1,0 +1,29 @@
+"""Recipes: one YAML file, in axolotl's keys, that gives the options of convert, tokenize and train.
+
+`vlmdata run RECIPE` runs the three stages from it, skipping those whose output is complete for the same
+settings; `--config RECIPE` fills the options of a single command.
+
+Example:
+    >>> recipe = load_recipe("recipes/tiny-gemma3.yaml")  # doctest: +SKIP
+    >>> command_options(recipe)["train"]["max_steps"]  # doctest: +SKIP
+    5
+"""
+
+from vlmdata.recipe.load import Recipe, load_recipe, parse_recipe, require
+from vlmdata.recipe.options import COMMANDS, Folders, command_options, folders
+from vlmdata.recipe.record import may_replace, record_settings, stage_settings, why_stale
+
+__all__ = [
+    "COMMANDS",
+    "Folders",
+    "Recipe",
+    "command_options",
+    "folders",
+    "load_recipe",
+    "may_replace",
+    "parse_recipe",
+    "record_settings",
+    "require",
+    "stage_settings",
+    "why_stale",
+]
