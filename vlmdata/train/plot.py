@@ -29,7 +29,9 @@ def plot_loss(records: list[dict], path: str | Path) -> None:
         steps = [step for step, _ in points]
         losses = [loss for _, loss in points]
         low_step, high_step = min(steps), max(max(steps), min(steps) + 1)
-        low, high = min(0.0, min(losses)), max(losses) or 1.0
+        # The axis spans the losses seen (plus a margin), not 0..max: late changes stay visible.
+        margin = (max(losses) - min(losses)) * 0.05 or 0.05
+        low, high = min(losses) - margin, max(losses) + margin
 
         def at(step: float, loss: float) -> tuple[float, float]:
             x = left + (step - low_step) / (high_step - low_step) * (right - left)
