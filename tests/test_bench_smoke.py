@@ -1,0 +1,117 @@
+"""Smoke runs of the benchmark scripts: each one runs on a few rows and writes well-formed figures.
+
+No figure is checked against a goal (timings on a shared machine say nothing in a test); these only catch
+scripts that no longer run against the current stages. Everything is written under a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Read by the bench modules when they are imported: a temporary workspace and a pool of 3 photos.
+os.environ["VLMDATA_BENCH_DIR"] = os.environ.get("VLMDATA_BENCH_SMOKE_DIR") or str(
+    Path(os.environ.get("TMPDIR", "/tmp")) / f"vlmdata-bench-smoke-{os.getpid()}")
+os.environ["VLMDATA_BENCH_PHOTOS"] = "3"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(ROOT))
+
+pytestmark = pytest.mark.skipif(not (ROOT / "fixtures" / "data" / "models" / "gemma3").is_dir(),
+                                reason="needs the tiny models: make fixtures")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bench_workspace():
+    import shutil
+
+    folder = Path(os.environ["VLMDATA_BENCH_DIR"])
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def read(path: Path) -> tuple[list[dict], dict]:
+    payload = json.loads(path.read_text())
+    return payload["figures"], payload["details"]
+
+
+def test_make_workload_is_cached_and_well_formed():
+    from bench.make_workload import JSONL_NAME, make_workload
+
+    folder = make_workload(rows=3, quiet=True)
+    assert make_workload(rows=3, quiet=True) == folder
+    records = [json.loads(line) for line in (folder / JSONL_NAME).read_text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        images = [part for message in record["messages"] if isinstance(message["content"], list)
+                  for part in message["content"] if part["type"] == "image"]
+        assert 1 <= len(images) <= 4
+        assert all((folder / image["path"]).is_file() for image in images)
+        assert {message["role"] for message in record["messages"]} >= {"user", "assistant"}
+
+
+def test_bench_convert(tmp_path):
+    from bench import bench_convert
+
+    assert bench_convert.main(["--rows", "2", "--image-sizes", "256", "--repeats", "1",
+                               "--json", str(tmp_path / "convert.json")]) == 0
+    figures, details = read(tmp_path / "convert.json")
+    assert {figure["key"] for figure in figures} == {"convert.draft.256", "convert.pillow.256"}
+    assert all(figure["ratio"] > 0 for figure in figures)
+    assert details["256"]["rows_per_s"]["vlmdata"] > 0
+
+
+def test_bench_tokenize(tmp_path):
+    from bench import bench_tokenize
+
+    assert bench_tokenize.main(["--families", "gemma3", "--two-process-families", "", "--rows", "2",
+                                "--warm-rows", "1", "--repeats", "1", "--json", str(tmp_path / "tokenize.json")]) == 0
+    figures, details = read(tmp_path / "tokenize.json")
+    keys = {figure["key"] for figure in figures}
+    assert keys == {"tokenize.gemma3.floor", "tokenize.gemma3.datasets_map", "tokenize.gemma3.masks"}
+    assert details["gemma3"]["rows_per_s"]["floor"] > 0
+    assert details["gemma3"]["image_processor"].startswith("Gemma3ImageProcessor")
+
+
+def test_bench_memory(tmp_path):
+    from bench import bench_memory
+
+    # Convert only: a tokenize process imports torch and transformers, several seconds each time.
+    assert bench_memory.main(["--convert-rows", "1,2", "--tokenize-rows", "none", "--convert-num-proc", "1",
+                              "--json", str(tmp_path / "memory.json")]) == 0
+    figures, details = read(tmp_path / "memory.json")
+    assert {figure["key"] for figure in figures} == {"memory.convert.peak", "memory.convert.growth"}
+    # A Python process with pyarrow and datasets loaded holds tens of MiB at least.
+    assert details["convert"]["large"]["peak_rss_bytes"] > 20 * 2**20
+
+
+def test_bench_storage_checks_exactness(tmp_path):
+    from bench import bench_storage
+
+    assert bench_storage.main(["--families", "gemma3", "--rows", "1", "--check-rows", "1",
+                               "--json", str(tmp_path / "storage.json")]) == 0
+    figures, details = read(tmp_path / "storage.json")
+    assert [figure["key"] for figure in figures] == ["storage.gemma3"]
+    assert details["gemma3"]["exact"], details["gemma3"]["problems"]
+    assert details["gemma3"]["float32_pixel_bytes"] > 0
+
+
+def test_profile_and_report(tmp_path):
+    pytest.importorskip("pyinstrument")
+    from bench import profile_stages, report
+
+    assert profile_stages.main(["--convert-rows", "2", "--tokenize-rows", "1",
+                                "--json", str(tmp_path / "profile.json")]) == 0
+    _, details = read(tmp_path / "profile.json")
+    assert set(details) == {"convert", "tokenize"}
+    assert details["tokenize"]["top"]
+
+    text = report.render(tmp_path, {"command": "make bench", "elapsed_s": 60.0})
+    assert "## Figures" in text
+    assert "not measured yet: needs the trainer's collator" in text
+    assert "not measured: no GPU on this machine" in text
+    assert "## Where the time goes (profiles)" in text
