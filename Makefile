@@ -18,11 +18,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(CHROMIUM):
 	$(SUDO) apt-get update && $(SUDO) apt-get install -y chromium
 
-$(VENV)/.installed: pyproject.toml | $(CHROMIUM)
+$(VENV)/.installed: pyproject.toml constraints.txt | $(CHROMIUM)
 	python3 -m venv $(VENV)
 	$(PYTHON) -m pip install --upgrade pip
 	$(PYTHON) -m pip install $(TORCH_PINS)
-	$(PYTHON) -m pip install -e '.[dev,train]' $(TORCH_PINS)
+	$(PYTHON) -m pip install -c constraints.txt -e '.[dev,train]' $(TORCH_PINS)
 	touch $@
 
 fixtures: $(FIXTURES)/.complete
