@@ -4,9 +4,10 @@ Image processors resize in uint8 and only then rescale and normalise, elementwis
 in `pixel_values` is one of 256 values per channel. Storing the uint8 code of each value (a quarter of the
 float32 bytes) and a 256-entry table per channel loses nothing, provided the table holds exactly the floats
 the processor computes. So the table is made by the image processor's own `rescale_and_normalize` applied to
-the codes 0..255, and every row is checked when encoded: a value the table cannot reproduce bit for bit makes
-that row fall back to float32. Zeros are the one exception worth handling: Pixtral and Mllama pad images and
-tiles with 0.0 after normalising, which no code gives, so exact zeros are kept as runs of flat positions.
+the codes 0..255, and every row encoded from floats is checked: a value the table cannot reproduce bit for bit
+makes that row fall back to float32. Zeros are the one exception worth handling: Pixtral and Mllama pad images
+and tiles with 0.0 after normalising, which no code gives, so exact zeros are kept as runs of flat positions.
+(Most processors can hand over their uint8 pixels directly, which are the codes: see `vlmdata.processor_call`.)
 
 Where the channel of a value sits depends on the family: a `[images, 3, H, W]` axis for most, the leading factor
 of the flattened patch for Qwen2-VL (`[patches, 3 * 2 * 14 * 14]`). `PixelCodec.find` tries the possible places
@@ -75,6 +76,8 @@ class PixelCodec:
             where = self._channel(channel)
             codes[where], found[where] = _lookup(row, view[where])
         missing = ~found.reshape(-1)
+        if not missing.any():
+            return codes.reshape(values.shape), np.zeros((0, 2), np.int64)
         flat = values.reshape(-1)
         if np.any(flat[missing] != 0) or np.any(np.signbit(flat[missing])):
             return None
@@ -121,12 +124,30 @@ class PixelCodec:
 
 def _lookup(row: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The code of each value in `row` (a table row), and whether the value is there at all."""
+    # Rescale then normalise is affine in the code, so arithmetic finds the code of almost every value at once;
+    # a sorted search settles the few it misses (float rounding one code off, padding zeros, values not there).
+    step = (row[-1] - row[0]) / (len(row) - 1)
+    if not np.isfinite(step) or step == 0:
+        return _search(row, values)
+    guess = np.nan_to_num(np.rint((values - row[0]) / step), nan=0.0)
+    codes = np.clip(guess, 0, len(row) - 1).astype(np.intp)
+    found = _same_bits(row[codes], values)
+    missed = ~found
+    if missed.any():
+        codes[missed], found[missed] = _search(row, values[missed])
+    return codes.astype(np.uint8), found
+
+
+def _search(row: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(row, kind="stable")
     ordered = row[order]
     position = np.clip(np.searchsorted(ordered, values), 0, len(row) - 1)
-    found = ordered[position] == values  # NaN never equals, so it is refused too
-    found &= np.signbit(ordered[position]) == np.signbit(values)  # -0.0 == 0.0, but not bit for bit
-    return order[position].astype(np.uint8), found
+    return order[position], _same_bits(ordered[position], values)
+
+
+def _same_bits(table_values: np.ndarray, values: np.ndarray) -> np.ndarray:
+    # NaN never equals, so it is refused; -0.0 == 0.0, but not bit for bit.
+    return (table_values == values) & (np.signbit(table_values) == np.signbit(values))
 
 
 def _runs(mask: np.ndarray) -> np.ndarray:

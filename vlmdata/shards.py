@@ -220,7 +220,10 @@ def encode_tensors(outputs: dict[str, torch.Tensor], layout: TensorLayout) -> di
 
 
 def _encode_pixels(values: np.ndarray, spec: TensorSpec) -> dict[str, np.ndarray]:
-    encoded = spec.codec.encode(values)
+    if values.dtype == np.uint8:  # the processor was asked for unnormalised pixels: they are the codes
+        encoded = values, np.zeros((0, 2), np.int64)
+    else:
+        encoded = spec.codec.encode(values)
     if encoded is None:  # not reproducible from codes: this row keeps its float32 values
         empty = _empty(spec)[spec.name]
         return {spec.name: empty, f"{spec.name}_zeros": np.zeros(0, np.int64), f"{spec.name}_float": values.reshape(-1)}
@@ -238,7 +241,9 @@ def _to_numpy(tensor: torch.Tensor, spec: TensorSpec) -> np.ndarray:
     array = tensor.detach().cpu().numpy()
     if spec.stored_dtype == "int32" and array.size and (array.min() < INT32.min or array.max() > INT32.max):
         raise RowError(f"{spec.name} holds values outside int32")
-    dtype = "float32" if spec.codec is not None else spec.stored_dtype  # codes are made from the floats
+    dtype = spec.stored_dtype
+    if spec.codec is not None and array.dtype != np.uint8:
+        dtype = "float32"  # codes are made from the floats
     return np.ascontiguousarray(array.astype(dtype, copy=False))
 
 
@@ -267,7 +272,14 @@ def read_layout(folder: str | Path) -> TensorLayout:
 
 def load_shards(folder: str | Path) -> datasets.Dataset:
     """The shards of `folder` as a dataset whose rows hold numpy arrays, ready for `model_inputs`."""
-    return datasets.load_from_disk(str(folder)).with_format("numpy")
+    return numpy_rows(datasets.load_from_disk(str(folder)))
+
+
+def numpy_rows(dataset: datasets.Dataset) -> datasets.Dataset:
+    """`dataset` with rows of numpy arrays in their stored dtypes."""
+    # dtype=None goes to np.asarray: without it the numpy format widens every integer to int64, which makes
+    # reading uint8 pixel codes ten times slower and eight times larger.
+    return dataset.with_format("numpy", dtype=None)
 
 
 def model_inputs(row: dict[str, Any], layout: TensorLayout) -> dict[str, torch.Tensor]:

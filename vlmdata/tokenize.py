@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -31,6 +33,7 @@ from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, has_generation_markers, make_
 from vlmdata.models.loading import LoadedProcessor, load_processor
 from vlmdata.models.registry import load_template
 from vlmdata.parallel import batched, map_in_order
+from vlmdata.processor_call import PLAIN_CALL, ProcessorCall, quickest_call
 from vlmdata.rows import Reject
 from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR, TensorLayout, encode_tensors, probe_layout, rows_to_table
 from vlmdata.versions import library_versions
@@ -48,6 +51,8 @@ class TokenizeOptions:
     train_on: str = "assistant"
     max_length: int | None = None
     truncate: str = "none"
+    call: ProcessorCall = PLAIN_CALL
+    torch_threads: int | None = None
 
 
 @dataclass
@@ -147,8 +152,14 @@ def tokenize(
             f"The chat template {template_name!r} has no {{% generation %}} markers around the assistant replies, "
             "so the trained tokens cannot be found; use a packaged template or add the markers."
         )
-    options = TokenizeOptions(loaded.checkpoint, template, train_on, max_length, truncate)
-    layout = probe_layout(_probe_outputs(loaded, template), getattr(loaded.processor, "image_processor", None))
+    conversations = _probe_conversations(loaded)
+    plain = _probe_outputs(loaded, template, conversations)
+    layout = probe_layout(plain, getattr(loaded.processor, "image_processor", None))
+    codecs = {spec.name: spec.codec for spec in layout.tensors if spec.codec is not None}
+    call = quickest_call(loaded.processor, template, conversations, plain, codecs)
+    options = TokenizeOptions(
+        loaded.checkpoint, template, train_on, max_length, truncate, call, _threads_per_worker(num_proc)
+    )
     summary = TokenizeSummary(str(out_dir), model, loaded.family.alias, template_name)
     lengths: Counter[int] = Counter()
 
@@ -231,8 +242,19 @@ def _percentiles(lengths: Counter) -> dict[str, int]:
     return result
 
 
+def _threads_per_worker(num_proc: int) -> int | None:
+    # Image processors run torch operations on every core; N workers doing so would run N times as many
+    # threads as there are cores, and lose time switching between them.
+    if num_proc <= 1:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // num_proc)
+
+
 def tokenize_batch(rows: list[dict[str, Any]], options: TokenizeOptions, layout: TensorLayout) -> list:
     """Tokenizes a batch of normalised rows: a pure function, so any engine can run it."""
+    if options.torch_threads is not None and torch.get_num_threads() != options.torch_threads:
+        torch.set_num_threads(options.torch_threads)
     loaded = _processor(options.checkpoint)
     return [tokenize_row(row, loaded, options, layout) for row in rows]
 
@@ -250,27 +272,13 @@ def tokenize_row(row: dict[str, Any], loaded: LoadedProcessor, options: Tokenize
     try:
         messages, images, audios = chat_messages(row, loaded)
         stage = "tokenize"
-        outputs = _apply_template(loaded.processor, messages, options.template)
+        outputs = options.call.apply(loaded.processor, messages, options.template)
         columns = _token_columns(outputs, loaded, options)
         columns.update(encode_tensors(outputs, layout))
     except RowError as error:
         return Reject(source, row_id, stage, str(error))
     columns.update(id=row_id, source=source)
     return TokenizedRow(columns, images, audios)
-
-
-def _apply_template(processor, messages: list[dict], template: str) -> dict:
-    try:
-        return processor.apply_chat_template(
-            messages,
-            chat_template=template,
-            tokenize=True,
-            return_dict=True,
-            return_assistant_tokens_mask=True,
-            return_tensors="pt",
-        )
-    except Exception as error:  # a template exception, a bad image size...: the row's fault, not the run's
-        raise RowError(f"the processor failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
 
 
 def _token_columns(outputs: dict, loaded: LoadedProcessor, options: TokenizeOptions) -> dict[str, Any]:
@@ -353,12 +361,12 @@ def _audio(audios: list, position: int, loaded: LoadedProcessor) -> np.ndarray:
     return np.asarray(clip["array"], dtype=np.float32)
 
 
-def _probe_outputs(loaded: LoadedProcessor, template: str) -> list[dict]:
-    """Processor outputs for two made-up rows with differently sized images (and audio), to find the layout."""
+def _probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
+    """Two made-up conversations with differently sized images (and audio), to find the layout."""
     def drawn(width: int, height: int) -> Image.Image:
-        image = Image.new("RGB", (width, height), (240, 240, 230))
-        image.paste((200, 40, 40), (width // 4, height // 4, width // 2, height // 2))
-        return image
+        # Stripes through every level in each channel: the checks on pixels see all 256 values.
+        levels = np.add.outer(np.arange(height) * 3, np.arange(width) * 5) % 256
+        return Image.fromarray(np.stack([levels, levels[::-1], 255 - levels], axis=-1).astype(np.uint8))
 
     def row(images: list[Image.Image], audio_seconds: float | None) -> list[dict]:
         content = [{"type": "image", "image": image} for image in images]
@@ -369,9 +377,12 @@ def _probe_outputs(loaded: LoadedProcessor, template: str) -> list[dict]:
         return [{"role": "user", "content": content}, {"role": "assistant", "content": reply}]
 
     with_audio = "audio" in loaded.family.modalities
-    rows = [row([drawn(64, 48)], 0.5 if with_audio else None), row([drawn(140, 50), drawn(30, 90)], 1.0 if with_audio else None)]
+    return [row([drawn(64, 48)], 0.5 if with_audio else None), row([drawn(140, 50), drawn(30, 90)], 1.0 if with_audio else None)]
+
+
+def _probe_outputs(loaded: LoadedProcessor, template: str, conversations: list[list[dict]]) -> list[dict]:
     try:
-        return [_apply_template(loaded.processor, messages, template) for messages in rows]
+        return [PLAIN_CALL.apply(loaded.processor, messages, template) for messages in conversations]
     except RowError as error:
         raise FatalError(f"The processor of {loaded.name!r} cannot tokenize a simple image conversation: {error}") from None
 
@@ -398,6 +409,7 @@ def _metadata(data_dir, options: TokenizeOptions, template_name, num_proc, layou
         "model": {"name": summary.model, "checkpoint": options.checkpoint, "family": summary.family},
         "chat_template": template_name,
         "pixel_storage": layout.pixel_storage(),
+        "processor_call": asdict(options.call),
         "versions": versions,
         "arguments": arguments,
         "layout": layout.to_dict(),

@@ -16,7 +16,7 @@ import datasets
 import numpy as np
 
 from vlmdata.errors import FatalError
-from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR, TensorLayout
+from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR, TensorLayout, numpy_rows
 
 
 @dataclass
@@ -57,7 +57,7 @@ def open_shards(source: str) -> Shards:
     if metadata.get("stage") != "tokenize":
         raise FatalError(f"{source!r} is a {metadata.get('stage', 'unknown')} output, not token shards; run `vlmdata tokenize` on it first.")
     dataset = _load_rows(folder)
-    return Shards(dataset.with_format("numpy"), TensorLayout.from_dict(metadata["layout"]), metadata, folder / PROCESSOR_DIR)
+    return Shards(numpy_rows(dataset), TensorLayout.from_dict(metadata["layout"]), metadata, folder / PROCESSOR_DIR)
 
 
 def _load_rows(folder: Path) -> datasets.Dataset:

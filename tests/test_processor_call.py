@@ -1,0 +1,106 @@
+"""The quick processor call tokenize picks: shards still equal the plain call's output, bit for bit, on photos."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.test_tokenize import processor_messages
+from tests.tokenize_fixtures import FAMILIES, tiny_model
+from vlmdata.convert import convert
+from vlmdata.errors import RowError
+from vlmdata.models.loading import load_processor
+from vlmdata.models.registry import load_template
+from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
+from vlmdata.shards import load_shards, model_inputs, read_layout
+from vlmdata.tokenize import tokenize
+
+# Families whose image processor pads images or tiles with zeros after normalising (Pixtral pads the images of
+# a row to the largest, Mllama fills unused tiles): no uint8 code gives 0.0, so their pixels are encoded from
+# the normalised floats. Every other family hands its uint8 pixels over as they are.
+PADS_AFTER_NORMALISING = {"pixtral", "mistral3", "mllama"}
+
+
+def photo(path: Path, width: int, height: int, seed: int) -> str:
+    """A photo-like PNG: a gradient under noise, so that resizing produces every level of every channel."""
+    rng = np.random.default_rng(seed)
+    ramp = np.add.outer(np.linspace(0, 180, height), np.linspace(0, 60, width))
+    pixels = ramp[..., None] + rng.normal(0, 25, (height, width, 3)) + rng.integers(0, 40, 3)
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(path)
+    return path.name
+
+
+@pytest.fixture(scope="module")
+def photos_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    rows = [
+        {"id": "one-photo", "messages": [
+            {"role": "user", "content": [{"type": "image", "path": photo(folder / "a.png", 300, 200, 1)},
+                                         {"type": "text", "text": "What is in the photo?"}]},
+            {"role": "assistant", "content": "Grain over a gradient."},
+        ]},
+        {"id": "two-photos", "messages": [
+            {"role": "user", "content": [{"type": "image", "path": photo(folder / "b.png", 97, 131, 2)},
+                                         {"type": "image", "path": photo(folder / "c.png", 50, 400, 3)},
+                                         {"type": "text", "text": "Which is taller?"}]},
+            {"role": "assistant", "content": "The second one."},
+        ]},
+    ]
+    (folder / "rows.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    convert([str(folder / "rows.jsonl")], folder / "normalised", progress=False)
+    return folder / "normalised"
+
+
+def test_every_family_gets_its_quick_call_and_the_same_tensors(photos_dir, tmp_path):
+    # All families in one process: a call for one family must not change how the next one is called.
+    for alias in FAMILIES:
+        out = tmp_path / alias
+        summary = tokenize(photos_dir, out, model=str(tiny_model(alias)), progress=False)
+        assert summary.rows_written == 2, (alias, summary.rejects_by_reason)
+        call = json.loads((out / "vlmdata.json").read_text())["processor_call"]
+        assert call["return_tensors"] == "np", alias
+        assert call["pixel_codes"] == ([] if alias in PADS_AFTER_NORMALISING else ["pixel_values"]), alias
+
+        loaded = load_processor(str(tiny_model(alias)))
+        template = load_template(loaded.family.template_name)
+        shards, layout = {row["id"]: row for row in load_shards(out)}, read_layout(out)
+        for row in datasets.load_from_disk(str(photos_dir)):
+            expected = PLAIN_CALL.apply(loaded.processor, processor_messages(row), template)
+            rebuilt = model_inputs(shards[row["id"]], layout)
+            for name, tensor in expected.items():
+                if name == "assistant_masks":
+                    continue
+                assert rebuilt[name].dtype == tensor.dtype, (alias, name)
+                assert torch.equal(rebuilt[name], tensor), (alias, row["id"], name)
+            if alias not in PADS_AFTER_NORMALISING:  # stored as the processor's codes, with no float fallback
+                assert len(shards[row["id"]]["pixel_values_float"]) == 0
+
+
+def test_numpy_call_gives_the_plain_call_tensors():
+    loaded = load_processor(str(tiny_model("qwen2_vl")))
+    template = load_template(loaded.family.template_name)
+    image = Image.new("RGB", (120, 80), (90, 140, 200))
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Colour?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Blue, mostly."}]}]
+    plain, quick = PLAIN_CALL.apply(loaded.processor, messages, template), ProcessorCall("np").apply(loaded.processor, messages, template)
+    assert set(plain) == set(quick)
+    for name in plain:
+        assert quick[name].dtype == plain[name].dtype and torch.equal(quick[name], plain[name]), name
+
+
+def test_codes_of_an_output_that_comes_as_something_else_are_refused():
+    # The check that keeps unnormalised values from being stored as if they were codes of normalised ones.
+    loaded = load_processor(str(tiny_model("gemma3")))
+    template = load_template(loaded.family.template_name)
+    messages = [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (40, 40))},
+                                             {"type": "text", "text": "Hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]}]
+    assert ProcessorCall("np", ("pixel_values",)).apply(loaded.processor, messages, template)["pixel_values"].dtype == torch.uint8
+    with pytest.raises(RowError, match="attention_mask as torch.int64, not as unnormalised uint8 pixels"):
+        ProcessorCall("np", ("pixel_values", "attention_mask")).apply(loaded.processor, messages, template)
