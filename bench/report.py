@@ -27,14 +27,13 @@ GROUPS = [
     ("3", lambda key: key.startswith("convert.")),
     ("4", lambda key: key.startswith("memory.")),
     ("5", lambda key: key.startswith("storage.")),
+    ("6", lambda key: key.startswith("collate.")),
 ]
 STUBS = [
-    ("6", Figure("collate", "collate time per training batch: shards vs on-the-fly processing in the collator",
-                 "not measured yet: needs the trainer's collator")),
     ("7", Figure("gpu", "GPU figures (training step time, GPU idle time waiting on data)",
                  "not measured: no GPU on this machine")),
 ]
-RESULT_FILES = ["tokenize", "convert", "memory", "storage", "profile"]
+RESULT_FILES = ["tokenize", "convert", "memory", "storage", "collate", "profile"]
 
 
 def met_text(figure: Figure) -> str:

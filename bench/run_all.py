@@ -37,6 +37,7 @@ PRESETS = {
         "bench_memory": ["--convert-rows", "2000,20000", "--tokenize-rows", "32,160"],
         "profile_stages": ["--convert-rows", "100", "--tokenize-rows", "32"],
         "bench_storage": ["--rows", "16", "--check-rows", "4"],
+        "bench_collate": ["--rows", "32", "--batch-size", "8", "--repeats", "3"],
     },
     "full": {
         "make_workload": ["--rows", "20000"],
@@ -46,6 +47,7 @@ PRESETS = {
         "bench_memory": ["--convert-rows", "2000,20000", "--tokenize-rows", "200,2000"],
         "profile_stages": ["--convert-rows", "400", "--tokenize-rows", "64"],
         "bench_storage": ["--rows", "64", "--check-rows", "16"],
+        "bench_collate": ["--rows", "128", "--batch-size", "8", "--repeats", "5"],
     },
     "smoke": {
         "make_workload": ["--rows", "20"],
@@ -54,10 +56,11 @@ PRESETS = {
         "bench_memory": ["--convert-rows", "8,16", "--tokenize-rows", "4,8", "--convert-num-proc", "1"],
         "profile_stages": ["--convert-rows", "8", "--tokenize-rows", "4"],
         "bench_storage": ["--rows", "4", "--check-rows", "2"],
+        "bench_collate": ["--rows", "4", "--batch-size", "2", "--repeats", "1"],
     },
 }
 # Scripts whose results go into the report, in running order (storage last: it reads the newest shards).
-SCRIPTS = ["bench_tokenize", "bench_convert", "bench_memory", "profile_stages", "bench_storage"]
+SCRIPTS = ["bench_tokenize", "bench_convert", "bench_memory", "profile_stages", "bench_collate", "bench_storage"]
 
 
 def run_script(name: str, arguments: list[str], results: Path) -> str | None:
