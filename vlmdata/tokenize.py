@@ -277,6 +277,10 @@ def tokenize_row(row: dict[str, Any], loaded: LoadedProcessor, options: Tokenize
         columns.update(encode_tensors(outputs, layout))
     except RowError as error:
         return Reject(source, row_id, stage, str(error))
+    except Exception as error:
+        # A dataset not made by `convert` can hold anything (content that is a string, a part without "type"):
+        # one such row must cost that row, not a run of many hours. The same wording as convert's rejects.
+        return Reject(source, row_id, stage, f"unexpected {type(error).__name__}: {error}")
     columns.update(id=row_id, source=source)
     return TokenizedRow(columns, images, audios)
 

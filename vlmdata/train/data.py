@@ -1,8 +1,9 @@
-"""Finding the token shards to train on: a folder made by `vlmdata tokenize`, Arrow files, or a hub dataset.
+"""Finding the token shards to train on: a folder made by `vlmdata tokenize`, or a hub dataset holding one.
 
 Training needs three things from the shards: the rows, their tensor layout, and the processor they were made
 with (for the pad token and to save beside the trained weights). A tokenize folder holds all three; shards
-pushed to the hub hold them as files of the dataset repository (`vlmdata.json`, `processor/`).
+pushed to the hub hold them as files of the dataset repository (`vlmdata.json`, `processor/`). Anything less
+(a half-written folder, damaged files, no rows) is refused before the model loads, with one sentence saying why.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from typing import Any
 import datasets
 import numpy as np
 
+from vlmdata.accounting import REJECTS_FILE
+from vlmdata.arrow_folder import PARTIAL_SUFFIX
 from vlmdata.errors import FatalError
 from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR, TensorLayout, numpy_rows
+
+STATE_FILE = "state.json"  # written last by `vlmdata.arrow_folder`: its presence marks a finished output
 
 
 @dataclass
@@ -45,28 +50,94 @@ def open_shards(source: str) -> Shards:
     """Opens token shards from a local folder or a hub dataset id.
 
     Raises:
-        FatalError: the source is not token shards, or cannot be reached.
+        FatalError: the source is not token shards, is half-written or damaged, holds no rows, or cannot be
+            reached; the message names the folder and what to do.
     """
     folder = Path(source)
     if not folder.exists():
         folder = _download(source)
-    metadata_path = folder / METADATA_FILE
-    if not metadata_path.is_file():
+    _check_finished(folder, source)
+    metadata = _read_metadata(folder, source)
+    layout = _layout(metadata, source)
+    if not (folder / PROCESSOR_DIR).is_dir():
+        raise FatalError(
+            f"{source!r} has no {PROCESSOR_DIR}/ folder, which training needs (the shards' pad token and the processor "
+            "saved with the model); copy the whole folder that `vlmdata tokenize` wrote, or tokenize the data again."
+        )
+    dataset = _load_rows(folder, source)
+    if len(dataset) == 0:
+        hint = f" (its {REJECTS_FILE} says why each row was rejected)" if (folder / REJECTS_FILE).is_file() else ""
+        raise FatalError(f"{source!r} holds no rows to train on{hint}; fix the data and tokenize it again.")
+    return Shards(numpy_rows(dataset), layout, metadata, folder / PROCESSOR_DIR)
+
+
+def _check_finished(folder: Path, source: str) -> None:
+    # An output is built as OUT.partial and its state.json is written last (vlmdata.arrow_folder): a folder with
+    # either sign comes from a run that was killed or is still running, and may lack rows it would have held.
+    # Training on it would go on silently with part of the data.
+    state_missing = not (folder / STATE_FILE).is_file()
+    if folder.name.endswith(PARTIAL_SUFFIX) or (
+        state_missing and ((folder / METADATA_FILE).is_file() or any(folder.glob("*.arrow")))
+    ):
+        raise FatalError(
+            f"{source!r} is a half-written output (a run was killed or is still running); "
+            "run the same `vlmdata tokenize` command again and train on the folder it completes."
+        )
+
+
+def _read_metadata(folder: Path, source: str) -> dict[str, Any]:
+    path = folder / METADATA_FILE
+    if not path.is_file():
         raise FatalError(f"{source!r} holds no {METADATA_FILE}: it is not a folder of token shards made by `vlmdata tokenize`.")
-    metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError covers both bad JSON and bytes that are not UTF-8
+        raise FatalError(
+            f"The {METADATA_FILE} of {source!r} cannot be read ({type(error).__name__}); "
+            "the folder is damaged: tokenize the data again."
+        ) from None
+    if not isinstance(metadata, dict):
+        raise FatalError(f"The {METADATA_FILE} of {source!r} is not a JSON object; the folder is damaged: tokenize the data again.")
     if metadata.get("stage") != "tokenize":
         raise FatalError(f"{source!r} is a {metadata.get('stage', 'unknown')} output, not token shards; run `vlmdata tokenize` on it first.")
-    dataset = _load_rows(folder)
-    return Shards(numpy_rows(dataset), TensorLayout.from_dict(metadata["layout"]), metadata, folder / PROCESSOR_DIR)
+    return metadata
 
 
-def _load_rows(folder: Path) -> datasets.Dataset:
-    if (folder / "state.json").is_file():
-        return datasets.load_from_disk(str(folder))
-    files = sorted(str(path) for path in folder.glob("*.arrow"))
-    if not files:
-        raise FatalError(f"{str(folder)!r} holds no Arrow shards.")
-    return datasets.load_dataset("arrow", data_files=files, split="train")
+def _layout(metadata: dict[str, Any], source: str) -> TensorLayout:
+    """The tensor layout, checking on the way the entries training reads later (so no KeyError comes mid-run)."""
+    model = metadata.get("model")
+    present = {"model": isinstance(model, dict) and isinstance(model.get("checkpoint"), str),
+               "layout": isinstance(metadata.get("layout"), dict)}
+    missing = [f"'{key}'" for key, ok in present.items() if not ok]
+    if missing:
+        raise FatalError(
+            f"The {METADATA_FILE} of {source!r} lacks its {' and '.join(missing)} entry; "
+            "the folder is damaged or incomplete: tokenize the data again."
+        )
+    try:
+        return TensorLayout.from_dict(metadata["layout"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise FatalError(
+            f"The 'layout' entry of the {METADATA_FILE} of {source!r} is malformed ({type(error).__name__}); "
+            "the folder is damaged: tokenize the data again."
+        ) from None
+
+
+def _load_rows(folder: Path, source: str) -> datasets.Dataset:
+    try:
+        # Reads every record batch of every shard (memory-mapped): a truncated or corrupt file fails here,
+        # not after the model has loaded.
+        dataset = datasets.load_from_disk(str(folder))
+    except Exception as error:  # pyarrow, OSError, JSON errors: all mean the same thing to the user
+        raise FatalError(
+            f"The shards in {source!r} cannot be read ({type(error).__name__}: {_first_line(error)}); "
+            "a file is truncated or corrupt: tokenize the data again."
+        ) from None
+    return dataset
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
 
 
 def _download(repo_id: str) -> Path:
