@@ -280,6 +280,8 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
 @click.option("--load-in-8bit", is_flag=True, help="Load the base model in 8 bits (CUDA and bitsandbytes).")
 @click.option("--num-workers", default=0, type=click.IntRange(min=0), help="Data loader worker processes.")
 @click.option("--log-rows", is_flag=True, help="Write the ids of the rows each process trained on to rows-rank<N>.txt.")
+@click.option("--report-to", default=None, type=click.Choice(["none", "tensorboard", "all"]),
+              help="Where metrics go besides OUT/train.log and OUT/loss.jsonl: tensorboard (OUT/logs), every integration installed, or none [default: tensorboard when installed].")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the output folder.")
 @click.option("--resume-from", default=None, type=click.Path(exists=True, file_okay=False), help="Continue from this checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
@@ -288,7 +290,7 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
 def train(shards, out_dir, model, adapter, lora_r, lora_alpha, lora_dropout, lora_target_modules, train_vision, epochs,
           max_steps, learning_rate, lr_scheduler, warmup_steps, batch_size, gradient_accumulation_steps, bf16,
           gradient_checkpointing, seed, save_steps, save_total_limit, val_set_size, eval_steps, logging_steps,
-          load_in_4bit, load_in_8bit, num_workers, log_rows, resume, resume_from, overwrite, quiet) -> None:
+          load_in_4bit, load_in_8bit, num_workers, log_rows, report_to, resume, resume_from, overwrite, quiet) -> None:
     """Fine-tune a model on the token shards SHARDS (a folder made by tokenize, or a hub dataset id).
 
     Batches come straight from the shards: no image is decoded. For several GPUs or nodes, run the same
@@ -315,7 +317,7 @@ def train(shards, out_dir, model, adapter, lora_r, lora_alpha, lora_dropout, lor
         gradient_checkpointing=gradient_checkpointing, seed=seed, save_steps=save_steps,
         save_total_limit=save_total_limit, val_set_size=val_set_size, eval_steps=eval_steps,
         logging_steps=logging_steps, quantization="4bit" if load_in_4bit else "8bit" if load_in_8bit else None,
-        num_workers=num_workers, log_rows=log_rows,
+        num_workers=num_workers, log_rows=log_rows, report_to=report_to,
     )
     summary = _run(run_train, shards, out_dir, model=model, options=options, resume=resume_from or resume,
                    overwrite=overwrite, progress=not quiet)
@@ -432,7 +434,7 @@ def _print_train_summary(summary) -> None:
         ("loss", f"{summary.first_loss:.4f} at the first step, {summary.last_loss:.4f} at the last"
          if summary.first_loss is not None else "-"),
         ("eval loss", f"{summary.metrics['eval_loss']:.4f}" if "eval_loss" in summary.metrics else "-"),
-        ("loss log", f"{out / 'loss.jsonl'} (curve: {out / 'loss.png'})"),
+        ("loss log", f"{out / 'loss.jsonl'} (curve: {out / 'loss.png'}, run log: {out / 'train.log'})"),
     ]
     for label, value in lines:
         click.echo(f"  {label:<12} {value}")

@@ -1,9 +1,11 @@
-"""What training shows and records as it runs: a progress bar, a JSON-lines loss log, the rows each rank saw."""
+"""What training shows and records as it runs: a progress bar, a JSON-lines loss log, a text log, the rows each
+rank saw."""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
@@ -41,6 +43,38 @@ class LossLog(TrainerCallback):
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
 
+class TextLog(TrainerCallback):
+    """Appends the run's records, one readable line each, to `path` (main process only).
+
+    Every log the Trainer makes is written (step losses, evals, the end-of-run summary), so the file holds what
+    the progress bar showed after the terminal is gone. A resumed run appends to the same file.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            start = f"resumed at step {state.global_step}" if state.global_step else "started"
+            self._write(f"training {start}: {state.max_steps} steps, {args.world_size} process(es), "
+                        f"{args.per_device_train_batch_size} rows per device per batch, "
+                        f"{args.gradient_accumulation_steps} batch(es) per step")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        values = " ".join(f"{key}={_number(value)}" for key, value in logs.items())
+        self._write(f"step {state.global_step}/{state.max_steps} {values}")
+
+    def _write(self, line: str) -> None:
+        with self.path.open("a", encoding="utf-8") as file:
+            file.write(f"{datetime.now().isoformat(sep=' ', timespec='seconds')} {line}\n")
+
+
+def _number(value) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 class ProgressBar(TrainerCallback):
     """One bar for the run: step, loss, steps per second and tokens per second."""
 
@@ -57,10 +91,14 @@ class ProgressBar(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.loss = logs["loss"]
+            self._show(state)  # the Trainer logs a step's loss after on_step_end: show it now, not a step late
         if self.bar is not None and logs and "eval_loss" in logs:
             self.bar.write(f"step {state.global_step}: eval loss {logs['eval_loss']:.4f}")
 
     def on_step_end(self, args, state, control, **kwargs):
+        self._show(state)
+
+    def _show(self, state) -> None:
         if self.bar is None:
             return
         elapsed = max(time.monotonic() - self.started, 1e-9)
@@ -69,8 +107,10 @@ class ProgressBar(TrainerCallback):
             "steps/s": f"{(state.global_step - self.first_step) / elapsed:.2f}",
             "tokens/s": f"{(state.num_input_tokens_seen - self.first_tokens) / elapsed:.0f}",
         }
-        self.bar.set_postfix(postfix, refresh=False)
-        self.bar.update(state.global_step - self.bar.n)
+        advanced = state.global_step - self.bar.n
+        self.bar.set_postfix(postfix, refresh=not advanced)
+        if advanced:
+            self.bar.update(advanced)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.bar is not None:

@@ -3,8 +3,9 @@
 No image is decoded: batches come from the shards through `ShardCollator`. One process trains on one GPU (or
 the CPU); `accelerate launch` or `torchrun` around the same command trains with DDP on several, the Trainer
 giving each rank its own rows. The output folder holds what `PeftModel.from_pretrained(base, OUT)` and
-`AutoProcessor.from_pretrained(OUT)` load, the final metrics, the loss log (JSON lines) and its curve (PNG);
-checkpoints go to `OUT/checkpoints` for `--resume`.
+`AutoProcessor.from_pretrained(OUT)` load, the final metrics, the loss log (JSON lines) and its curve (PNG),
+the run's log as text (`train.log`) and, with tensorboard, its event files (`OUT/logs`); checkpoints go to
+`OUT/checkpoints` for `--resume`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import torch
 from vlmdata.errors import FatalError
 from vlmdata.models.loading import resolve_checkpoint
 from vlmdata.models.registry import family_for_config
-from vlmdata.train.callbacks import LossLog, ProgressBar, RowLog
+from vlmdata.train.callbacks import LossLog, ProgressBar, RowLog, TextLog
 from vlmdata.train.collator import ShardCollator
 from vlmdata.train.data import Shards, open_shards, split_eval
 from vlmdata.train.model import AdapterOptions, count_parameters, load_model, prepare
@@ -30,6 +32,8 @@ from vlmdata.versions import library_versions
 
 CHECKPOINTS_DIR = "checkpoints"
 LOSS_LOG, LOSS_PLOT, METRICS_FILE, METADATA_FILE = "loss.jsonl", "loss.png", "metrics.json", "vlmdata.json"
+TEXT_LOG, TENSORBOARD_DIR = "train.log", "logs"
+REPORTERS = ("none", "tensorboard", "all")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
@@ -56,6 +60,7 @@ class TrainOptions:
     quantization: str | None = None  # "4bit" / "8bit"
     num_workers: int = 0
     log_rows: bool = False
+    report_to: str | None = None  # "none", "tensorboard" or "all" (every integration installed); None: tensorboard when installed
 
 
 @dataclass
@@ -103,11 +108,12 @@ def train(
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     out = Path(out_dir)
-    resume_from = _prepare_output(out, resume, overwrite)
+    # Everything that can refuse the run does so before `--overwrite` removes the previous output.
     shards = open_shards(shards_source)
     checkpoint = _checkpoint(model, shards)
     bf16 = _bf16(options.bf16)
-    args = _training_arguments(out, options, bf16)
+    args = _training_arguments(out, options, bf16, _reporters(options.report_to))
+    resume_from = _prepare_output(out, resume, overwrite)
 
     set_seed(options.seed)  # LoRA's initial weights are drawn when the adapter is added, before the Trainer seeds
     base = load_model(checkpoint, dtype=torch.bfloat16 if bf16 else torch.float32, quantization=options.quantization)
@@ -120,15 +126,19 @@ def train(
     train_rows, eval_rows = split_eval(shards.dataset, options.val_set_size, options.seed)
 
     loss_log = LossLog(out / LOSS_LOG, resume_step=_checkpoint_step(resume_from))
-    callbacks = [loss_log, ProgressBar(progress)] + ([RowLog(out, seen_ids)] if seen_ids is not None else [])
-    trainer = Trainer(
-        model=trainable,
-        args=args,
-        train_dataset=train_rows,
-        eval_dataset=eval_rows,
-        data_collator=collator,
-        callbacks=callbacks,
-    )
+    callbacks = [loss_log, TextLog(out / TEXT_LOG), ProgressBar(progress)]
+    callbacks += [RowLog(out, seen_ids)] if seen_ids is not None else []
+    # TensorBoardCallback reads its folder from the environment when the Trainer builds it; TrainingArguments
+    # has no logging_dir in transformers 5.
+    with _environment("TENSORBOARD_LOGGING_DIR", str(out / TENSORBOARD_DIR)):
+        trainer = Trainer(
+            model=trainable,
+            args=args,
+            train_dataset=train_rows,
+            eval_dataset=eval_rows,
+            data_collator=collator,
+            callbacks=callbacks,
+        )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
     result = trainer.train(resume_from_checkpoint=resume_from)
@@ -216,7 +226,7 @@ def _pad_token_id(processor) -> int:
     return pad
 
 
-def _training_arguments(out: Path, options: TrainOptions, bf16: bool):
+def _training_arguments(out: Path, options: TrainOptions, bf16: bool, reporters: str | list[str]):
     from transformers import TrainingArguments
 
     if options.lr_scheduler not in SCHEDULERS:
@@ -224,7 +234,6 @@ def _training_arguments(out: Path, options: TrainOptions, bf16: bool):
     cuda = torch.cuda.is_available()
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1  # started by torchrun or accelerate launch
     evaluating = bool(options.val_set_size)
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out / "logs"))
     return TrainingArguments(
         output_dir=str(out / CHECKPOINTS_DIR),
         num_train_epochs=options.epochs,
@@ -246,7 +255,7 @@ def _training_arguments(out: Path, options: TrainOptions, bf16: bool):
         eval_strategy="steps" if evaluating and options.eval_steps else "no",
         eval_steps=options.eval_steps,
         logging_steps=options.logging_steps,
-        report_to=_reporters(),
+        report_to=reporters,
         remove_unused_columns=False,  # the collator needs every stored column
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0 if options.log_rows else options.num_workers,
@@ -256,12 +265,31 @@ def _training_arguments(out: Path, options: TrainOptions, bf16: bool):
     )
 
 
-def _reporters() -> list[str]:
+def _reporters(report_to: str | None) -> str | list[str]:
+    """What TrainingArguments' `report_to` gets: a list of integrations, or "all"."""
+    from transformers.integrations import is_tensorboard_available
+
+    if report_to is None:
+        return ["tensorboard"] if is_tensorboard_available() else []
+    if report_to not in REPORTERS:
+        raise FatalError(f"--report-to must be one of {', '.join(REPORTERS)}, got {report_to!r}.")
+    if report_to == "tensorboard" and not is_tensorboard_available():
+        raise FatalError("--report-to tensorboard needs tensorboard: pip install tensorboard (or pass --report-to none).")
+    return [] if report_to == "none" else ["tensorboard"] if report_to == "tensorboard" else "all"
+
+
+@contextmanager
+def _environment(name: str, value: str):
+    """Sets an environment variable for the block only, so that one run's setting never reaches the next."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
     try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return []
-    return ["tensorboard"]
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def _metadata(source: str, shards: Shards, checkpoint: str, options: TrainOptions, summary: TrainSummary) -> str:
