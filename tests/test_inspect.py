@@ -56,6 +56,7 @@ def test_normalised_statistics_equal_the_dataset(data):
     by_area = sorted(sizes, key=lambda size: (size[0] * size[1], size))
     assert statistics.media.size_range()["min"] == by_area[0]
     assert statistics.media.size_range()["max"] == by_area[-1]
+    assert statistics.media.size_range()["median"] == by_area[(len(by_area) - 1) // 2]  # the lower one when even
     assert statistics.rejects_by_reason == Counter({"normalise: the conversation has no assistant message": 1})
 
 
@@ -156,3 +157,13 @@ def test_shards_whose_input_data_is_gone_still_inspect(data, tmp_path):
     assert len(cards) == 2
     assert all(not card.find_all("img") and "images not shown" in card.text() for card in cards)
     assert np.isclose(result.statistics.trained_fraction, metadata["summary"]["trained_fraction"], atol=1e-6)
+
+
+def test_cli_writes_a_page_of_the_rows_drawn_with_n_and_seed(data, tmp_path):
+    page = tmp_path / "page.html"
+    arguments = ["inspect", str(data.shards), "--html", str(page), "--n", "2", "--seed", "1", "--quiet"]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 0, result.output
+    assert f"HTML preview of 2 rows -> {page}" in result.output
+    ids = datasets.load_from_disk(str(data.shards))["id"]
+    assert [card.attrs["data-id"] for card in _cards(page)] == [ids[position] for position in choose(len(ids), 2, 1)]

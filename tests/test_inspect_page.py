@@ -5,10 +5,12 @@ Screenshots are kept under out/test-artifacts/ for a person to look at.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
 import pytest
+from PIL import Image
 from transformers import AutoTokenizer
 
 from tests.browser import chromium, parse, render
@@ -17,6 +19,7 @@ from vlmdata.inspect import inspect
 from vlmdata.shards import load_shards
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "out" / "test-artifacts"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SHARD_IDS = ["relative-path", HOSTILE_ID, "conversations.jsonl:4", "text-only"]
 
 
@@ -122,3 +125,28 @@ def test_a_normalised_page_has_the_conversation_and_images(data, normalised_page
         assert roles == [message["role"] for message in row["messages"]]
         assert len(card.find_all("img")) == len(row["images"])
         assert not card.find_all("span", "trained")
+
+
+def test_the_screenshots_are_png_images_of_the_window(shard_page, normalised_page):
+    for name in ("inspect-shards.png", "inspect-normalised.png"):
+        screenshot = ARTIFACTS / name
+        assert screenshot.read_bytes().startswith(PNG_SIGNATURE), name
+        with Image.open(screenshot) as image:
+            assert image.size == (1280, 2400)  # render's window size
+            assert image.convert("L").getextrema()[0] < 200, name  # something was drawn, not a blank page
+
+
+def test_the_header_shows_the_statistics_tokenize_recorded(data, shard_page):
+    tree, _ = shard_page
+    (header,) = tree.find_all("header")
+    table = header.find_all("table", "stats")[0]
+    shown = {cells[0].text(): cells[1].text() for cells in (row.find_all("td") for row in table.find_all("tr"))}
+    summary = json.loads((data.shards / "vlmdata.json").read_text())["summary"]
+    percentiles = "/".join(str(summary["length_percentiles"][name]) for name in ("p50", "p90", "p99", "max"))
+    assert shown["rows"] == str(summary["rows_written"])
+    assert shown["tokens"] == str(summary["tokens"])
+    assert shown["length p50/p90/p99/max"] == percentiles
+    assert shown["trained tokens"] == f"{summary['trained_tokens']} ({summary['trained_fraction']:.1%})"
+    assert shown["images"] == str(summary["images"])
+    assert shown["model"].endswith("(gemma3, template gemma3)")
+    assert shown["rows rejected"] == str(sum(summary["rejects_by_reason"].values()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +11,13 @@ from pathlib import Path
 import datasets
 import pytest
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from tests.fixture_data import build_once, hub_offline
 from tests.tokenize_fixtures import tiny_model
 from vlmdata.cli import cli
 
+ROOT = Path(__file__).resolve().parents[1]
 VLMDATA = str(Path(sys.executable).parent / "vlmdata")
 
 # The example of the seeds' multimodal documentation, as written there (its comments included).
@@ -154,3 +157,93 @@ def test_run_needs_a_model_and_data(tmp_path):
     code, output = run("run", recipe)
     assert code == 1
     assert output.strip() == f"error: {recipe} has no datasets, which running the whole pipeline needs."
+
+
+def test_tokenize_and_train_take_their_options_from_config_and_flags_override_it(seed_recipe, tmp_path):
+    text = seed_recipe.read_text().replace("max_steps: 2", "max_steps: 3")
+    seed_recipe.write_text(text + "sequence_len: 512\ntrain_on_inputs: true\nlora_r: 8\n")
+    code, output = run("convert", "--config", seed_recipe, "--quiet")
+    assert code == 0, output
+    prepared = tmp_path / "lora-prepared"
+
+    # The recipe says train_on_inputs (train on all) and sequence_len; --train-on on the command line wins.
+    code, output = run("tokenize", "--config", seed_recipe, "--train-on", "last", "--quiet")
+    assert code == 0, output
+    arguments = json.loads((prepared / "shards" / "vlmdata.json").read_text())["arguments"]
+    assert arguments["data"] == str(prepared / "normalised")
+    assert arguments["model"] == str(tiny_model("gemma3")) and arguments["chat_template"] == "gemma3"
+    assert arguments["max_length"] == 512
+    assert arguments["train_on"] == "last"
+
+    out = tmp_path / "override-lora"
+    code, output = run("train", "--config", seed_recipe, "-o", out, "--max-steps", "1", "--lora-r", "4", "--quiet")
+    assert code == 0, output
+    trained = json.loads((out / "vlmdata.json").read_text())
+    assert trained["shards"] == str(prepared / "shards")
+    assert trained["steps"] == 1 and trained["options"]["max_steps"] == 1
+    assert trained["options"]["adapter"]["lora_r"] == 4
+    assert trained["options"]["batch_size"] == 2  # micro_batch_size, from the file
+    assert trained["options"]["adapter"]["lora_target_modules"].startswith("model.language_model.layers.")
+    assert not (tmp_path / "lora").exists()  # the recipe's output_dir, overridden by -o
+
+
+def test_an_incomplete_stage_output_is_run_again_not_skipped(seed_recipe, tmp_path):
+    code, output = run("run", seed_recipe, "--quiet")
+    assert code == 0, output
+    prepared, lora = tmp_path / "lora-prepared", tmp_path / "lora"
+
+    # A killed training run leaves its folder without vlmdata.json, which training writes last.
+    (lora / "vlmdata.json").unlink()
+    code, output = run("run", seed_recipe, "--quiet")
+    assert code == 0, output
+    assert stage_lines(output)[2] == "train: running, as its output is not complete"
+    assert json.loads((lora / "vlmdata.json").read_text())["steps"] == 2
+
+    # A killed tokenize leaves only shards.partial, without the state.json that is written last.
+    shards, partial = prepared / "shards", prepared / "shards.partial"
+    shards.rename(partial)
+    (partial / "state.json").unlink()
+    code, output = run("run", seed_recipe, "--quiet")
+    assert code == 0, output
+    assert stage_lines(output) == [
+        f"convert: skipped, {prepared / 'normalised'} is complete for these settings",
+        f"tokenize: running, as its output is not complete ({partial} was left by an interrupted run)",
+        "train: running, as an earlier stage ran",
+    ]
+    assert not partial.exists() and len(datasets.load_from_disk(str(shards))) > 0
+
+
+@pytest.mark.slow
+def test_the_tiny_gemma3_recipe_runs_end_to_end(tmp_path_factory, tmp_path):
+    # The real file that `make demo` runs, with only its paths moved: to the fixtures built for this session
+    # and to folders under tmp_path.
+    text = (ROOT / "recipes" / "tiny-gemma3.yaml").read_text()
+    out = tmp_path / "demo"
+    moves = {
+        "fixtures/data/models/gemma3": str(tiny_model("gemma3")),
+        "fixtures/data/llava_instruct_mix": str(build_once(tmp_path_factory) / "llava_instruct_mix"),
+        "out/demo/lora-gemma3": str(out / "lora-gemma3"),
+        "out/demo/llava": str(out / "llava"),
+        "out/demo/shards-gemma3": str(out / "shards-gemma3"),
+    }
+    for before, after in moves.items():
+        assert before in text, before
+        text = text.replace(before, after)
+    recipe = tmp_path / "tiny-gemma3.yaml"
+    recipe.write_text(text)
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([VLMDATA, "run", str(recipe), "--quiet"], capture_output=True, text=True,
+                            timeout=600, cwd=tmp_path, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [line.split(":")[0] for line in stage_lines(result.stdout)] == ["convert", "tokenize", "train"]
+
+    normalised = datasets.load_from_disk(str(out / "llava"))
+    assert len(normalised) == 12 and normalised[0]["images"][0].size == (64, 64)
+    shards = datasets.load_from_disk(str(out / "shards-gemma3"))
+    written = json.loads((out / "shards-gemma3" / "vlmdata.json").read_text())["summary"]["rows_written"]
+    assert len(shards) == written > 0 and {"input_ids", "labels", "pixel_values"} <= set(shards.column_names)
+    lora = out / "lora-gemma3"
+    assert json.loads((lora / "vlmdata.json").read_text())["steps"] == 5
+    assert json.loads((lora / "adapter_config.json").read_text())["r"] == 8
+    weights = load_file(str(lora / "adapter_model.safetensors"))
+    assert weights and all("lora_" in name for name in weights)

@@ -17,7 +17,7 @@ from vlmdata.errors import FatalError
 from vlmdata.inspect.columns import count_rows, find_ids, find_keys, rows_at
 from vlmdata.inspect.detect import REJECTS, SHARDS, Target, input_data
 from vlmdata.inspect.images import Thumbnail, thumbnail
-from vlmdata.inspect.tokens import TRAINED, Span, media_token_names, token_spans
+from vlmdata.inspect.tokens import TRAINED, Span, has_closing_token, image_length, media_token_names, token_spans
 from vlmdata.models.registry import FAMILIES
 
 
@@ -90,11 +90,12 @@ def _shard_cards(target: Target, positions: list[int]) -> list[Card]:
     tokenizer = _tokenizer(target)
     family = FAMILIES.get(target.metadata.get("model", {}).get("family", ""))
     media = media_token_names(tokenizer, family.media_tokens if family else ())
+    item_tokens = None if not media or has_closing_token(media) else image_length(_processor(target))
     rows = rows_at(target.data_files, positions, ["input_ids", "labels", "length", "id", "source"])
     cards = []
     for position in positions:
         row = rows[position]
-        spans = token_spans(row["input_ids"], row["labels"], tokenizer, media)
+        spans = token_spans(row["input_ids"], row["labels"], tokenizer, media, item_tokens)
         trained = sum(span.tokens for span in spans if span.kind == TRAINED)
         details = [("tokens", str(row["length"])), ("trained", str(trained))]
         cards.append(Card(position, str(row["id"]), str(row["source"]), details, spans=spans))
@@ -109,6 +110,15 @@ def _tokenizer(target: Target):
         return AutoTokenizer.from_pretrained(str(target.processor_dir))
     except Exception as error:  # transformers raises many kinds; all mean the saved processor is unusable
         raise FatalError(f"Cannot load the tokenizer saved in {str(target.processor_dir)!r}: {error}") from None
+
+
+def _processor(target: Target):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(str(target.processor_dir))
+    except Exception:  # without the processor the page still shows, only with adjacent images in one chip
+        return None
 
 
 def _add_input_images(target: Target, cards: list[Card]) -> None:

@@ -41,7 +41,36 @@ def media_token_names(tokenizer, names: Sequence[str]) -> dict[int, str]:
     return {vocab[name]: name for name in names if name in vocab}
 
 
-def token_spans(input_ids: Sequence[int], labels: Sequence[int], tokenizer, media: dict[int, str]) -> list[Span]:
+def has_closing_token(media: dict[int, str]) -> bool:
+    """Whether a media run ends with a token of its own (<end_of_image>, [IMG_END]); without one (LLaVA's
+    repeated <image>, Mllama's one <|image|> per image) adjacent items can only be told apart by their length."""
+    return any(_closes(name) for name in media.values())
+
+
+def image_length(processor) -> int | None:
+    """How many tokens the processor writes for one image, or None when it cannot say.
+
+    Only asked of families without a closing token, whose images all take the same number of tokens (LLaVA
+    resizes every image to one size; Mllama writes one <|image|> per image whatever its tiles).
+    """
+    from PIL import Image
+
+    try:
+        token = processor.image_token
+        encoded = processor(text=[token], images=[Image.new("RGB", (32, 32))], return_tensors="np")
+        length = int((encoded["input_ids"][0] == processor.tokenizer.convert_tokens_to_ids(token)).sum())
+    except Exception:  # a processor without `image_token` or one this call does not suit: keep runs whole
+        return None
+    return length or None
+
+
+def token_spans(
+    input_ids: Sequence[int],
+    labels: Sequence[int],
+    tokenizer,
+    media: dict[int, str],
+    item_tokens: int | None = None,
+) -> list[Span]:
     """Splits a row into spans of trained, masked and media tokens, in order.
 
     Args:
@@ -49,25 +78,34 @@ def token_spans(input_ids: Sequence[int], labels: Sequence[int], tokenizer, medi
         labels: its labels (the token where trained, -100 elsewhere).
         tokenizer: decodes the text spans.
         media: media token id -> token name (`media_token_names`).
+        item_tokens: for a family without a closing media token (`has_closing_token`), the tokens of one
+            image (`image_length`): a longer run is cut into one chip per image.
     """
     ids = [int(token) for token in input_ids]
     spans = []
-    for kind, start, end in _runs(ids, [int(label) for label in labels], media):
+    for kind, start, end in _runs(ids, [int(label) for label in labels], media, item_tokens):
         if kind == MEDIA:
-            spans.append(Span(MEDIA, f"[{end - start} {_modality(ids[start:end], media)} tokens]", end - start))
+            count = end - start
+            noun = "token" if count == 1 else "tokens"
+            spans.append(Span(MEDIA, f"[{count} {_modality(ids[start:end], media)} {noun}]", count))
         else:
             spans.append(Span(kind, _decode(tokenizer, ids, start, end), end - start))
     return spans
 
 
-def _runs(ids: list[int], labels: list[int], media: dict[int, str]) -> list[tuple[str, int, int]]:
-    """(kind, start, end) of each run; a media run also ends after a closing token such as <end_of_image>,
-    so that two images in a row make two chips."""
+def _runs(
+    ids: list[int], labels: list[int], media: dict[int, str], item_tokens: int | None
+) -> list[tuple[str, int, int]]:
+    """(kind, start, end) of each run; a media run also ends after a closing token such as <end_of_image>, or
+    after `item_tokens` tokens, so that two images in a row make two chips."""
     runs: list[tuple[str, int, int]] = []
     start, current = 0, MASKED
     for position, token in enumerate(ids):
         kind = MEDIA if token in media else TRAINED if labels[position] != IGNORE_INDEX else MASKED
-        if position > start and (kind != current or (kind == MEDIA and _closes(media[ids[position - 1]]))):
+        ends_item = kind == current == MEDIA and (
+            _closes(media[ids[position - 1]]) or position - start == item_tokens
+        )
+        if position > start and (kind != current or ends_item):
             runs.append((current, start, position))
             start = position
         current = kind

@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from vlmdata.arrow_folder import PARTIAL_SUFFIX
+
 METADATA_FILE = "vlmdata.json"
 RECORD_KEY = "recipe"
 TRAIN_PROGRESS = ("loss.jsonl", "checkpoints")
@@ -48,6 +50,10 @@ def why_stale(out_dir: str | Path, stage: str, settings: Mapping[str, Any]) -> s
     """
     path = Path(out_dir) / METADATA_FILE
     if not path.is_file():
+        # convert and tokenize build OUT.partial and rename it when done: one left over means a killed run.
+        partial = Path(out_dir).with_name(Path(out_dir).name + PARTIAL_SUFFIX)
+        if partial.exists():
+            return f"its output is not complete ({partial} was left by an interrupted run)"
         return "its output is not complete" if Path(out_dir).exists() else "it has not run yet"
     try:
         metadata = json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,61 @@
+"""Media chips on the inspect page: one chip per image or audio clip, for every family with a tiny model.
+
+The families differ in how a media run ends: Gemma, Qwen, Mistral and Llama 4 close it with a token of its own,
+while LLaVA repeats <image> and Mllama writes one <|image|> per image, so adjacent images there are told apart
+only by their length.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import pytest
+
+from tests.browser import parse
+from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
+from vlmdata.inspect import inspect
+from vlmdata.models.registry import get_family, load_template
+from vlmdata.tokenize import tokenize
+
+
+def _chips(page: Path, row_id: str) -> list[str]:
+    (card,) = [card for card in parse(page.read_text()).find_all("article", "card") if card.attrs["data-id"] == row_id]
+    return [chip.text() for chip in card.find_all("span", "chip")]
+
+
+def _shards(folder: Path, alias: str, chat_template: str | None = None) -> Path:
+    data = normalised(folder / "data", with_audio="audio" in get_family(alias).modalities)
+    tokenize(data, folder / "shards", model=str(tiny_model(alias)), chat_template=chat_template, progress=False)
+    return folder / "shards"
+
+
+@pytest.mark.parametrize("alias", FAMILIES)
+def test_two_images_in_one_turn_make_two_chips(alias, tmp_path):
+    shards = _shards(tmp_path, alias)
+    page = inspect(shards, html=tmp_path / "page.html", ids=["two-images"]).page
+    images = {row["id"]: len(row["images"]) for row in datasets.load_from_disk(str(tmp_path / "data" / "normalised"))}
+    chips = _chips(page, "two-images")
+    assert len(chips) == images["two-images"] == 2, chips
+    assert all(chip.startswith("[") and chip.endswith((" image tokens]", " image token]")) for chip in chips), chips
+
+
+def test_gemma3n_audio_is_one_audio_chip(tmp_path):
+    shards = _shards(tmp_path, "gemma3n")
+    page = inspect(shards, html=tmp_path / "page.html", ids=["audio", "two-images"]).page
+    (chip,) = _chips(page, "audio")
+    assert chip.startswith("[") and chip.endswith(" audio tokens]")
+    assert all(chip.endswith(" image tokens]") for chip in _chips(page, "two-images"))
+
+
+def test_llava_images_with_nothing_between_them_are_still_two_chips(tmp_path):
+    # The packaged LLaVA template writes "<image>\n" per image; a user's template may leave out the newline,
+    # and then the two runs of <image> touch.
+    template = tmp_path / "llava-adjacent.jinja"
+    template.write_text(load_template("llava").replace("'<image>\\n'", "'<image>'"))
+    assert "'<image>'" in template.read_text()
+    shards = _shards(tmp_path, "llava", chat_template=str(template))
+    page = inspect(shards, html=tmp_path / "page.html", ids=["two-images"]).page
+    chips = _chips(page, "two-images")
+    assert len(chips) == 2 and chips[0] == chips[1], chips
+    assert chips[0] == "[16 image tokens]"  # the tiny LLaVA's 20×20 image in 5×5 patches, CLS dropped
