@@ -9,7 +9,7 @@ import datasets
 import pytest
 import torch
 from click.testing import CliRunner
-from transformers import AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tests.tokenize_fixtures import END_OF_TURN, FAMILIES, REPLIES, normalised, tiny_model
 from vlmdata.cli import cli
@@ -138,6 +138,51 @@ def test_truncate_text_never_cuts_through_image_tokens(data_dir, tmp_path):
     assert "two-turns" not in _shard_rows(tmp_path / "cut")
     rejects = (tmp_path / "cut" / "rejects.jsonl").read_text()
     assert "through media tokens" in rejects and summary.rows_rejected >= 1
+
+
+@pytest.mark.parametrize("alias", ["qwen2_vl", "mllama"])
+def test_truncate_text_keeps_every_media_token_and_the_tensors_aligned(alias, data_dir, tmp_path):
+    # Qwen2-VL: many <|image_pad|> tokens matched by image_grid_thw; Mllama: a cross_attention_mask per token.
+    _tokenize(data_dir, tmp_path / "full", alias)
+    full_rows = _shard_rows(tmp_path / "full")
+    layout = read_layout(tmp_path / "full")
+    vocab = AutoProcessor.from_pretrained(tiny_model(alias)).tokenizer.get_vocab()
+    media = {vocab[token] for token in get_family(alias).media_tokens if token in vocab}
+
+    def media_positions(row: dict) -> list[int]:
+        return [position for position, token in enumerate(row["input_ids"].tolist()) if token in media]
+
+    two_turns = full_rows["two-turns"]
+    cut_at = (media_positions(two_turns)[-1] + 1 + int(two_turns["length"])) // 2  # inside the text after the image
+    assert media_positions(two_turns)[-1] < cut_at < int(two_turns["length"])
+    summary = _tokenize(data_dir, tmp_path / "cut", alias, max_length=cut_at, truncate="text")
+    assert summary.rows_read == summary.rows_written + summary.rows_rejected == 3
+    cut_rows = _shard_rows(tmp_path / "cut")
+    rejects_file = tmp_path / "cut" / "rejects.jsonl"
+    lines = rejects_file.read_text().splitlines() if rejects_file.exists() else []
+    rejects = {reject["id"]: reject["reason"] for reject in map(json.loads, lines)}
+    assert "two-turns" in cut_rows
+    per_token = {spec.name for spec in layout.tensors if spec.per_token} | {"input_ids", "attention_mask", "labels"}
+    for row_id, full in full_rows.items():
+        if row_id not in cut_rows:  # refused only if the cut would go through media or leave no reply token
+            if media_positions(full) and media_positions(full)[-1] >= cut_at:
+                assert "through media tokens" in rejects[row_id], row_id
+            else:
+                assert (full["labels"][:cut_at] == -100).all() and "no token to train on" in rejects[row_id], row_id
+            continue
+        cut, kept = cut_rows[row_id], min(int(full["length"]), cut_at)
+        assert int(cut["length"]) == len(cut["input_ids"]) == len(cut["labels"]) == kept <= cut_at, row_id
+        assert media_positions(cut) == media_positions(full), row_id
+        assert (cut["labels"] != -100).any(), row_id  # what remains of the reply is still trained
+        before, after = model_inputs(full, layout), model_inputs(cut, layout)
+        assert set(before) == set(after)
+        for name, tensor in before.items():
+            expected = tensor[:, :kept] if name in per_token else tensor
+            assert torch.equal(after[name], expected), f"{alias} {row_id} {name}"
+    # The real model takes the cut row: its image features still match its image tokens.
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias))
+    with torch.no_grad():
+        assert torch.isfinite(model(**model_inputs(cut_rows["two-turns"], layout)).loss)
 
 
 def test_num_proc_gives_identical_shards(data_dir, tmp_path):
