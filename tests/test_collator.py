@@ -14,7 +14,7 @@ from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
 from vlmdata.shards import load_shards, read_layout
 from vlmdata.tokenize import tokenize
 from vlmdata.train import ShardCollator
-from vlmdata.train.collator import concat_padded, stack_padded
+from vlmdata.train.collator import PixelDecoding, concat_padded, stack_padded
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +47,45 @@ def test_a_batch_from_shards_equals_the_processors_own_batch(alias, data_dir, tm
         assert torch.equal(batch[name], tensor), f"{alias} {name} {(batch[name] != tensor).nonzero()[:5].tolist()}"
     assert batch["labels"].shape == batch["input_ids"].shape
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+# Families whose pixels batch without padding: their codes stay codes until the model's pre-hook decodes them.
+# Pixtral pads images of different sizes, Mllama pads tiles and rows: their codes are decoded in the collator.
+CODES_REACH_THE_MODEL = {"gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "llava", "llama4"}
+
+
+@pytest.mark.parametrize("alias", FAMILIES)
+def test_pixel_codes_decoded_by_the_model_hook_equal_the_processors_batch(alias, data_dir, tmp_path):
+    tokenize(data_dir, tmp_path / "shards", model=str(tiny_model(alias)), progress=False)
+    layout = read_layout(tmp_path / "shards")
+    rows = [row for row in load_shards(tmp_path / "shards") if alias != "mllama" or len(row["pixel_values"])]
+    floats = ShardCollator(layout, pad_token_id=0)(rows)
+    codes = ShardCollator(layout, pad_token_id=0, decode_pixels=False)(rows)
+
+    assert (codes["pixel_values"].dtype == torch.uint8) == (alias in CODES_REACH_THE_MODEL), alias
+    seen = {}
+    model = torch.nn.Module()
+    model.forward = lambda **inputs: seen.update(inputs)
+    model.register_forward_pre_hook(PixelDecoding(layout), with_kwargs=True)
+    model(**codes)
+    assert set(seen) == set(floats)
+    for name, tensor in floats.items():
+        assert seen[name].dtype == tensor.dtype and torch.equal(seen[name], tensor), f"{alias} {name}"
+
+
+@pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl"])
+def test_a_model_with_the_decoding_hook_gives_the_loss_of_float_pixels(alias, data_dir, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    tokenize(data_dir, tmp_path / "shards", model=str(tiny_model(alias)), progress=False)
+    layout = read_layout(tmp_path / "shards")
+    rows = [row for row in load_shards(tmp_path / "shards") if len(row["pixel_values"])]
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias)).eval()
+    with torch.no_grad():
+        expected = model(**ShardCollator(layout, pad_token_id=0)(rows))
+        model.register_forward_pre_hook(PixelDecoding(layout, model.dtype), with_kwargs=True)
+        got = model(**ShardCollator(layout, pad_token_id=0, decode_pixels=False)(rows))
+    assert torch.equal(got.logits, expected.logits) and torch.equal(got.loss, expected.loss)
 
 
 def test_padding_helpers_pad_every_dimension_and_fill_missing_rows():

@@ -97,6 +97,22 @@ class PixelCodec:
                 values[start:stop] = 0.0
         return values.reshape(codes.shape)
 
+    def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
+        """`decode` for a tensor of codes without zero runs, on the tensor's own device (a GPU, in training).
+
+        The table holds the same float32 values as `decode`'s, so the result is the same bit for bit.
+        """
+        table = torch.tensor(self.table, dtype=torch.float32, device=codes.device)
+        index = codes.to(torch.int32)
+        if self.split_last:
+            index = index.reshape(*index.shape[:-1], len(self.table), -1)
+        if self.channel_axis is not None:
+            # One flat table of channels x 256: a value's index is its code plus 256 times its channel.
+            shape = [1] * index.ndim
+            shape[self.channel_axis] = len(self.table)
+            index = index + (torch.arange(len(self.table), dtype=torch.int32, device=codes.device) * CODES).reshape(shape)
+        return torch.index_select(table.reshape(-1), 0, index.reshape(-1)).reshape(codes.shape)
+
     def to_dict(self) -> dict:
         return {"table": [list(row) for row in self.table], "channel_axis": self.channel_axis, "split_last": self.split_last}
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
 
 from vlmdata.accounting import REJECTS_FILE
 from vlmdata.arrow_folder import PARTIAL_SUFFIX
@@ -29,7 +30,7 @@ class Shards:
     """Token shards ready for training.
 
     Attributes:
-        dataset: the rows (numpy format).
+        dataset: the rows (numpy format; `ArrowRows` serves them to a data loader without a copy).
         layout: how the tensors are stored.
         metadata: the shards' `vlmdata.json`.
         processor_dir: the folder of the processor the shards were made with.
@@ -151,6 +152,20 @@ def _download(repo_id: str) -> Path:
             f"{repo_id!r} is neither a folder nor a reachable hub dataset ({type(error).__name__}); "
             "check the path, the network, or `hf auth login` for private datasets."
         ) from None
+
+
+class ArrowRows(torch.utils.data.Dataset):
+    """The rows of a shard dataset for a data loader, each a one-row Arrow table that `ShardCollator` reads
+    without copying (`vlmdata.shards.arrow_row`): the numpy format would copy every row's pixels first."""
+
+    def __init__(self, dataset: datasets.Dataset):
+        self.rows = dataset.with_format("arrow")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int):
+        return self.rows[int(index)]
 
 
 def split_eval(dataset: datasets.Dataset, val_set_size: float, seed: int) -> tuple[datasets.Dataset, datasets.Dataset | None]:

@@ -24,8 +24,8 @@ from vlmdata.errors import FatalError
 from vlmdata.models.loading import resolve_checkpoint
 from vlmdata.models.registry import family_for_config
 from vlmdata.train.callbacks import LossLog, ProgressBar, RowLog, TextLog
-from vlmdata.train.collator import ShardCollator
-from vlmdata.train.data import Shards, open_shards, split_eval
+from vlmdata.train.collator import PixelDecoding, ShardCollator
+from vlmdata.train.data import ArrowRows, Shards, open_shards, split_eval
 from vlmdata.train.model import AdapterOptions, count_parameters, load_model, prepare
 from vlmdata.train.plot import plot_loss
 from vlmdata.versions import library_versions
@@ -122,7 +122,12 @@ def train(
         trainable.enable_input_require_grads()
     processor = AutoProcessor.from_pretrained(shards.processor_dir)
     seen_ids: list[str] | None = [] if options.log_rows else None
-    collator = ShardCollator(shards.layout, _pad_token_id(processor), float_dtype=base.dtype, seen_ids=seen_ids)
+    # Pixel codes travel to the model's device as uint8, a quarter of the floats' bytes, and become the
+    # processor's floats there: on a GPU that takes microseconds, where the data loader would spend most of
+    # its time writing floats.
+    collator = ShardCollator(shards.layout, _pad_token_id(processor), float_dtype=base.dtype, seen_ids=seen_ids,
+                             decode_pixels=False)
+    trainable.register_forward_pre_hook(PixelDecoding(shards.layout, base.dtype), with_kwargs=True)
     train_rows, eval_rows = split_eval(shards.dataset, options.val_set_size, options.seed)
 
     loss_log = LossLog(out / LOSS_LOG, resume_step=_checkpoint_step(resume_from))
@@ -134,8 +139,8 @@ def train(
         trainer = Trainer(
             model=trainable,
             args=args,
-            train_dataset=train_rows,
-            eval_dataset=eval_rows,
+            train_dataset=ArrowRows(train_rows),
+            eval_dataset=ArrowRows(eval_rows) if eval_rows is not None else None,
             data_collator=collator,
             callbacks=callbacks,
         )
