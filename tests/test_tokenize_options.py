@@ -110,8 +110,6 @@ def test_truncation_that_leaves_no_reply_token_is_rejected(train_on, tmp_path):
         assert rejects["text-only"] == f"{NO_TRAINED_TOKEN} (--train-on {train_on})"
 
 
-@pytest.mark.xfail(strict=True, reason="`last` takes the last run of the assistant mask, which is an earlier reply "
-                   "when the final one wrote no token (LLaVA's empty reply) or was cut away by --truncate text")
 @pytest.mark.parametrize("case", ["empty-final-reply", "final-reply-cut-away"])
 def test_train_on_last_never_trains_an_earlier_reply(case, tmp_path):
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there."},
@@ -126,6 +124,7 @@ def test_train_on_last_never_trains_an_earlier_reply(case, tmp_path):
     rows = _shard_rows(tmp_path / "last")
     tokenizer = AutoProcessor.from_pretrained(tiny_model(alias)).tokenizer
     assert "row" not in rows, _trained_runs(rows["row"], tokenizer)
+    assert _rejects(tmp_path / "last")["row"] == f"{NO_TRAINED_TOKEN} (--train-on last)"
 
 
 # -- --num-proc -------------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ def make_labels(
     attention_mask: np.ndarray,
     media_token_ids: set[int],
     train_on: str = "assistant",
+    assistant_turns: int | None = None,
 ) -> np.ndarray:
     """The labels of one row: its token ids where trained, IGNORE_INDEX elsewhere.
 
@@ -40,6 +41,9 @@ def make_labels(
         attention_mask: 0 on padding, shape [L].
         media_token_ids: ids that stand for media, never trained.
         train_on: "assistant", "all" or "last".
+        assistant_turns: with "last", the number of assistant messages. A mask with fewer runs of ones means
+            that a reply wrote no token (an empty reply in a template without an end-of-turn token): the last
+            run may then be an earlier reply, and nothing is trained rather than the wrong turn.
 
     Example:
         >>> make_labels(np.array([5, 9, 6, 7]), np.array([0, 0, 1, 1]), np.ones(4), {9}).tolist()
@@ -50,12 +54,18 @@ def make_labels(
     elif train_on == "assistant":
         trained = assistant_mask.astype(bool)
     elif train_on == "last":
-        trained = _last_run(assistant_mask.astype(bool))
+        mask = assistant_mask.astype(bool)
+        complete = assistant_turns is None or _count_runs(mask) >= assistant_turns
+        trained = _last_run(mask) if complete else np.zeros_like(mask)
     else:
         raise ValueError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
     trained &= attention_mask.astype(bool)
     trained &= ~np.isin(input_ids, sorted(media_token_ids))
     return np.where(trained, input_ids, IGNORE_INDEX)
+
+
+def _count_runs(mask: np.ndarray) -> int:
+    return int(np.count_nonzero(np.diff(mask.astype(np.int8), prepend=0) == 1))
 
 
 def _last_run(mask: np.ndarray) -> np.ndarray:

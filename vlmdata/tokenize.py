@@ -273,7 +273,8 @@ def tokenize_row(row: dict[str, Any], loaded: LoadedProcessor, options: Tokenize
         messages, images, audios = chat_messages(row, loaded)
         stage = "tokenize"
         outputs = options.call.apply(loaded.processor, messages, options.template)
-        columns = _token_columns(outputs, loaded, options)
+        assistant_turns = sum(message["role"] == "assistant" for message in messages)
+        columns = _token_columns(outputs, loaded, options, assistant_turns)
         columns.update(encode_tensors(outputs, layout))
     except RowError as error:
         return Reject(source, row_id, stage, str(error))
@@ -285,10 +286,16 @@ def tokenize_row(row: dict[str, Any], loaded: LoadedProcessor, options: Tokenize
     return TokenizedRow(columns, images, audios)
 
 
-def _token_columns(outputs: dict, loaded: LoadedProcessor, options: TokenizeOptions) -> dict[str, Any]:
+def _token_columns(outputs: dict, loaded: LoadedProcessor, options: TokenizeOptions, assistant_turns: int) -> dict[str, Any]:
     """input_ids, labels and length, cutting `outputs`' per-token tensors in place when truncating."""
     input_ids = outputs["input_ids"][0].numpy()
     media = loaded.media_token_ids
+    # Labels come from the whole row, before any cut: `last` must mean the final reply even when the cut
+    # removes it (the row then has nothing to train on), never the reply before it.
+    labels = make_labels(
+        input_ids, outputs["assistant_masks"][0].numpy(), outputs["attention_mask"][0].numpy(), media,
+        options.train_on, assistant_turns,
+    )
     length = len(input_ids)
     if options.max_length is not None and length > options.max_length:
         if options.truncate != "text":
@@ -298,10 +305,7 @@ def _token_columns(outputs: dict, loaded: LoadedProcessor, options: TokenizeOpti
                 f"{length} tokens, more than --max-length {options.max_length}, and the cut would go through media tokens"
             )
         _cut_per_token(outputs, length, options.max_length)
-        input_ids = outputs["input_ids"][0].numpy()
-    labels = make_labels(
-        input_ids, outputs["assistant_masks"][0].numpy(), outputs["attention_mask"][0].numpy(), media, options.train_on
-    )
+        input_ids, labels = outputs["input_ids"][0].numpy(), labels[: options.max_length]
     if not np.any(labels != IGNORE_INDEX):
         raise RowError(f"no token to train on (--train-on {options.train_on})")
     return {"input_ids": input_ids.astype(np.int32), "labels": labels.astype(np.int32), "length": np.int32(len(input_ids))}
