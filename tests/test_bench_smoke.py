@@ -106,7 +106,7 @@ def test_bench_collate(tmp_path):
     assert bench_collate.main(["--families", "gemma3", "--rows", "2", "--batch-size", "2", "--repeats", "1",
                                "--json", str(tmp_path / "collate.json")]) == 0
     figures, details = read(tmp_path / "collate.json")
-    assert [figure["key"] for figure in figures] == ["collate.gemma3"]
+    assert [figure["key"] for figure in figures] == ["collate.gemma3", "collate.gemma3.cpu_decoded"]
     assert details["gemma3"]["shard_ms_per_batch"] > 0 and details["gemma3"]["on_the_fly_ms_per_batch"] > 0
 
 
