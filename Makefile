@@ -54,7 +54,5 @@ clean:
 	rm -rf $(FIXTURES) out .pytest_cache
 
 # Benchmarks -> BENCHMARKS.md (15-20 minutes on 2 cores). BENCH_ARGS=--full for larger samples, --smoke to check.
-# pyinstrument is only needed for the profiles; without it (and no index to install from) they are left out.
 bench: install fixtures
-	$(PYTHON) -c "import pyinstrument" 2>/dev/null || $(PYTHON) -m pip install --quiet pyinstrument || true
 	HF_HUB_OFFLINE=1 $(PYTHON) -m bench.run_all $(BENCH_ARGS)

@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import datasets
 import torch
 
-from bench.bench_tokenize import INPUT_IMAGE_SIZE, INPUT_RESIZE_MODE, chat_messages
-from bench.build_processors import build_processors
-from bench.common import BENCH_DIR, Figure, interleaved, median, ratio_text, write_results
-from bench.make_workload import normalised_workload
+from bench.bench_tokenize import chat_messages, for_each_family
+from bench.common import BENCH_DIR, Figure, interleaved, median, write_results
 
 GOAL = 20.0
 
@@ -108,15 +105,8 @@ def bench_family(family: str, processor_dir: Path, data: Path, batch_size: int, 
 
 
 def run(families: list[str], rows: int, batch_size: int, repeats: int) -> tuple[list[Figure], dict]:
-    processors = build_processors(tuple(families))
-    data = normalised_workload(rows, INPUT_IMAGE_SIZE, INPUT_RESIZE_MODE)
-    figures, details = [], {}
-    BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    for family in families:
-        with tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix="collate-") as scratch:
-            family_figures, details[family] = bench_family(family, processors[family], data, batch_size, repeats, Path(scratch))
-        figures.extend(family_figures)
-    return figures, details
+    return for_each_family(families, rows, "collate-",
+                           lambda family, processor, data, scratch: bench_family(family, processor, data, batch_size, repeats, scratch))
 
 
 def main(argv: list[str] | None = None) -> int:

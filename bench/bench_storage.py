@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import datasets
 import torch
 
-from bench.bench_tokenize import INPUT_IMAGE_SIZE, INPUT_RESIZE_MODE, chat_messages, datasets_map_seconds
-from bench.build_processors import build_processors
+from bench.bench_tokenize import chat_messages, datasets_map_seconds, for_each_family
 from bench.common import BENCH_DIR, Figure, folder_bytes, ratio_text, write_results
-from bench.make_workload import normalised_workload
 
 GOAL = 0.5
 STRETCH_GOAL = 0.25
@@ -95,15 +92,11 @@ def bench_family(family: str, processor_dir: Path, data: Path, check_rows: int, 
 
 
 def run(families: list[str], rows: int, check_rows: int) -> tuple[list[Figure], dict]:
-    processors = build_processors(tuple(families))
-    data = normalised_workload(rows, INPUT_IMAGE_SIZE, INPUT_RESIZE_MODE)
-    figures, details = [], {}
-    BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    for family in families:
-        with tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix="storage-") as scratch:
-            figure, details[family] = bench_family(family, processors[family], data, check_rows, Path(scratch))
-        figures.append(figure)
-    return figures, details
+    def measure(family, processor, data, scratch):
+        figure, details = bench_family(family, processor, data, check_rows, scratch)
+        return [figure], details
+
+    return for_each_family(families, rows, "storage-", measure)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,20 @@ TWO_PROCESS_GOAL = 1.8
 MAP_GOAL = 2.0
 
 
+def for_each_family(families: list[str], rows: int, prefix: str, measure) -> tuple[list[Figure], dict]:
+    """Runs `measure(family, processor_dir, data, scratch)`, which returns `(figures, details)`, for each family
+    on the tokenize input of `rows` rows, each in a scratch folder of its own."""
+    processors = build_processors(tuple(families))
+    data = normalised_workload(rows, INPUT_IMAGE_SIZE, INPUT_RESIZE_MODE)
+    figures, details = [], {}
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    for family in families:
+        with tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix=prefix) as scratch:
+            family_figures, details[family] = measure(family, processors[family], data, Path(scratch))
+        figures.extend(family_figures)
+    return figures, details
+
+
 def chat_messages(row: dict) -> list[dict]:
     """A normalised row (images decoded by `datasets`) in the processor's chat format."""
     images = iter(row["images"])
