@@ -13,6 +13,11 @@ Where the channel of a value sits depends on the family: a `[images, 3, H, W]` a
 of the flattened patch for Qwen2-VL (`[patches, 3 * 2 * 14 * 14]`). `PixelCodec.find` tries the possible places
 on the probe rows and keeps the one that reproduces them.
 
+Qwen2-VL and Qwen2.5-VL also store every still image twice: their processor repeats each frame
+`temporal_patch_size` times inside every patch (`[patches, 3 * T * 14 * 14]`, laid out `[patches, 3, T, 14, 14]`)
+so that images and videos share one layout. `fold_frames` keeps one frame of each patch when they all repeat,
+and `repeat_frames` rebuilds the full patches on load.
+
 Example:
     >>> codec = PixelCodec.find(processor.image_processor, [probe["pixel_values"]])  # doctest: +SKIP
     >>> codes, zeros = codec.encode(pixels)  # uint8 codes and runs of zeros; None when not exact  # doctest: +SKIP
@@ -193,3 +198,22 @@ def _processor_table(image_processor) -> tuple[tuple[float, ...], ...] | None:
         return None
     values = torch.as_tensor(values).float()[0, :, 0, :]
     return tuple(tuple(float(value) for value in row) for row in values.tolist())
+
+
+def fold_frames(codes: np.ndarray, channels: int, frames: int) -> np.ndarray | None:
+    """`[patches, channels * frames * rest]` pixels as `[patches, channels * rest]`, the first of each patch's
+    `frames` frames, or None when the frames are not all the same (a video)."""
+    patches, size = codes.shape
+    if size % (channels * frames):
+        return None
+    view = codes.reshape(patches, channels, frames, size // (channels * frames))
+    if not np.array_equal(view, np.broadcast_to(view[:, :, :1], view.shape)):
+        return None
+    return np.ascontiguousarray(view[:, :, 0]).reshape(patches, size // frames)
+
+
+def repeat_frames(folded: np.ndarray, channels: int, frames: int) -> np.ndarray:
+    """The inverse of `fold_frames`: every patch's frame repeated `frames` times."""
+    patches, size = folded.shape
+    view = folded.reshape(patches, channels, 1, size // channels)
+    return np.repeat(view, frames, axis=2).reshape(patches, size * frames)

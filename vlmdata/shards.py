@@ -18,7 +18,10 @@ Storage. Numbers are stored as typed Arrow arrays, never Python lists, never flo
   (`vlmdata.pixels`): a quarter of float32, and rebuilt bit-identically. Each row is checked as it is
   encoded; a row the table cannot reproduce keeps its float32 values in `<name>_float` instead, and padding
   zeros go to `<name>_zeros`. Pixels of a processor without such a table, and other floats (audio
-  features), are stored as float32, exactly what the processor computes. Integers are stored as int32
+  features), are stored as float32, exactly what the processor computes. Qwen2-VL's pixels repeat each
+  still image `temporal_patch_size` times inside every patch: when the probe rows do, each patch keeps one
+  frame (`TensorSpec.repeated_frames`, half the bytes), and a row whose frames differ (a video) keeps its
+  full pixels as float32 in `<name>_float`. Integers are stored as int32
   (checked to fit) and rebuilt with the processor's dtype.
 A row without some tensor (a text-only row has no pixels) stores it empty (first dimension 0, or an empty
 shape) and the reader leaves it out, as the processor does.
@@ -45,7 +48,7 @@ import torch
 from datasets.arrow_writer import TypedSequence
 
 from vlmdata.errors import RowError
-from vlmdata.pixels import PixelCodec
+from vlmdata.pixels import PixelCodec, fold_frames, repeat_frames
 
 METADATA_FILE = "vlmdata.json"
 PROCESSOR_DIR = "processor"
@@ -72,6 +75,10 @@ class TensorSpec:
         batched: its first dimension is the batch (one entry per row: per-token tensors, Mllama's
             `[1, images, tiles, ...]`), rather than the images or clips of the row (`[images, 3, H, W]`);
             batching pads the former for rows without it and concatenates the latter.
+        repeated_frames: for pixels stored as codes whose patches repeat one frame that many times (Qwen2-VL's
+            still images, `[patches, frame_channels * repeated_frames * rest]`): each patch is stored with one
+            frame (`tail[-1] // repeated_frames` codes) and repeated on reading. 1 for every other tensor.
+        frame_channels: the channels leading each patch, with `repeated_frames` > 1.
     """
 
     name: str
@@ -82,12 +89,25 @@ class TensorSpec:
     tail: tuple[int, ...] = ()
     codec: PixelCodec | None = None
     batched: bool = False
+    repeated_frames: int = 1
+    frame_channels: int = 0
+
+    @property
+    def stored_tail(self) -> tuple[int, ...]:
+        """The fixed dimensions after the first of the stored column ("array" storage only)."""
+        return (*self.tail[:-1], self.tail[-1] // self.repeated_frames) if self.tail else ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.repeated_frames == 1:  # the metadata of tensors that do not fold stays as it was
+            del data["repeated_frames"], data["frame_channels"]
+        return data
 
     def feature(self) -> dict[str, Any]:
         """The `datasets` feature(s) of this tensor's column(s)."""
         value = datasets.Value(self.stored_dtype)
         if self.storage == "array":
-            shape = (None, *self.tail)
+            shape = (None, *self.stored_tail)
             columns = {self.name: ARRAY_TYPES[len(shape)](shape=shape, dtype=self.stored_dtype)}
         elif self.storage == "list":
             columns = {self.name: datasets.List(value)}
@@ -119,7 +139,7 @@ class TensorLayout:
         return datasets.Features(columns)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tensors": [asdict(spec) for spec in self.tensors]}
+        return {"tensors": [spec.to_dict() for spec in self.tensors]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TensorLayout":
@@ -131,11 +151,13 @@ class TensorLayout:
 
     def pixel_storage(self) -> dict[str, str]:
         """How each floating point tensor is stored, for the metadata file."""
-        return {
-            spec.name: "uint8 codes + rescale/normalise table" if spec.codec else spec.stored_dtype
-            for spec in self.tensors
-            if spec.dtype in FLOAT_DTYPES
-        }
+        def described(spec: TensorSpec) -> str:
+            if spec.codec is None:
+                return spec.stored_dtype
+            folded = f", one of {spec.repeated_frames} repeated frames per patch" if spec.repeated_frames > 1 else ""
+            return "uint8 codes + rescale/normalise table" + folded
+
+        return {spec.name: described(spec) for spec in self.tensors if spec.dtype in FLOAT_DTYPES}
 
 
 def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None) -> TensorLayout:
@@ -165,12 +187,34 @@ def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None) -
             storage, tail = "array", shapes[0][1:]
         else:
             storage, tail = "flat", ()
-        codec = None
+        codec, frames = None, (1, 0)
         if name.startswith("pixel_values") and dtype.is_floating_point and image_processor is not None:
-            codec = PixelCodec.find(image_processor, [output[name].float().numpy() for output in present])
+            samples = [output[name].float().numpy() for output in present]
+            codec = PixelCodec.find(image_processor, samples)
             stored_dtype = "uint8" if codec else stored_dtype
-        specs.append(TensorSpec(name, per_token, storage, str(dtype), stored_dtype, tail, codec, _is_batched(present, name, per_token)))
+            frames = _repeated_frames(image_processor, codec, tail, samples)
+        batched = _is_batched(present, name, per_token)
+        specs.append(TensorSpec(name, per_token, storage, str(dtype), stored_dtype, tail, codec, batched, *frames))
     return TensorLayout(tuple(specs))
+
+
+def _repeated_frames(image_processor, codec: PixelCodec | None, tail: tuple[int, ...], samples: list[np.ndarray]) -> tuple[int, int]:
+    """`(repeated_frames, frame_channels)` for pixels stored with one frame per patch, else `(1, 0)`.
+
+    Qwen2-VL's image processor repeats each still image `temporal_patch_size` times, so that its patches
+    (`[patches, 3 * T * P * P]`, laid out `[patches, 3, T, P, P]`) have the layout of a video's: storing one
+    frame halves the pixels. Taken only when every probe row repeats its frames exactly.
+    """
+    frames = getattr(image_processor, "temporal_patch_size", 1) or 1
+    mean = getattr(image_processor, "image_mean", None)
+    channels = len(mean) if isinstance(mean, (list, tuple)) else 3
+    if codec is None or not isinstance(frames, int) or frames < 2 or len(tail) != 1:
+        return 1, 0
+    for sample in samples:
+        encoded = codec.encode(sample)
+        if encoded is None or len(encoded[1]) or fold_frames(encoded[0], channels, frames) is None:
+            return 1, 0
+    return frames, channels
 
 
 def _is_batched(outputs: list[dict[str, torch.Tensor]], name: str, per_token: bool) -> bool:
@@ -209,7 +253,7 @@ def encode_tensors(outputs: dict[str, torch.Tensor], layout: TensorLayout) -> di
             columns.update(_empty(spec))
             continue
         array = _to_numpy(_stored(tensor, spec.per_token), spec)
-        if spec.storage == "array" and tuple(array.shape[1:]) != spec.tail:
+        if spec.storage == "array" and tuple(array.shape[1:]) != spec.tail:  # the processor's shape, before folding
             raise RowError(f"{spec.name} has shape {list(array.shape)}, expected [*, {', '.join(map(str, spec.tail))}]")
         if spec.storage == "flat":
             columns[f"{spec.name}_shape"] = np.asarray(array.shape, dtype=np.int32)
@@ -225,15 +269,24 @@ def _encode_pixels(values: np.ndarray, spec: TensorSpec) -> dict[str, np.ndarray
         encoded = values, np.zeros((0, 2), np.int64)
     else:
         encoded = spec.codec.encode(values)
-    if encoded is None:  # not reproducible from codes: this row keeps its float32 values
+    if encoded is not None and spec.repeated_frames > 1:
+        encoded = _fold(*encoded, spec)
+    if encoded is None:  # not reproducible from codes (or frames that differ): this row keeps its float32 values
+        floats = spec.codec.decode(values) if values.dtype == np.uint8 else values  # the processor's floats
         empty = _empty(spec)[spec.name]
-        return {spec.name: empty, f"{spec.name}_zeros": np.zeros(0, np.int64), f"{spec.name}_float": values.reshape(-1)}
+        return {spec.name: empty, f"{spec.name}_zeros": np.zeros(0, np.int64), f"{spec.name}_float": floats.reshape(-1)}
     codes, zero_runs = encoded
     return {
         spec.name: codes.reshape(-1) if spec.storage == "flat" else codes,
         f"{spec.name}_zeros": zero_runs.reshape(-1),
         f"{spec.name}_float": np.zeros(0, np.float32),
     }
+
+
+def _fold(codes: np.ndarray, zero_runs: np.ndarray, spec: TensorSpec) -> tuple[np.ndarray, np.ndarray] | None:
+    """The codes with one frame per patch, or None when this row's frames differ (a video, say)."""
+    folded = None if len(zero_runs) else fold_frames(codes, spec.frame_channels, spec.repeated_frames)
+    return None if folded is None else (folded, zero_runs)
 
 
 def _to_numpy(tensor: torch.Tensor, spec: TensorSpec) -> np.ndarray:
@@ -251,7 +304,7 @@ def _to_numpy(tensor: torch.Tensor, spec: TensorSpec) -> np.ndarray:
 def _empty(spec: TensorSpec) -> dict[str, np.ndarray]:
     columns = {spec.name: np.zeros(0, dtype=spec.stored_dtype)}
     if spec.storage == "array":
-        columns = {spec.name: np.zeros((0, *spec.tail), dtype=spec.stored_dtype)}
+        columns = {spec.name: np.zeros((0, *spec.stored_tail), dtype=spec.stored_dtype)}
     if spec.storage == "flat":
         columns[f"{spec.name}_shape"] = np.zeros(0, dtype=np.int32)
     if spec.codec is not None:
@@ -359,6 +412,8 @@ def _stored_array(row: dict[str, Any], spec: TensorSpec, decode_pixels: bool = T
         array = array.reshape(shape)
     elif array.shape[0] == 0:
         return None
+    if spec.repeated_frames > 1:  # the full patches first: the collator, the hook and the float path expect them
+        array = repeat_frames(array.reshape(len(array), -1), spec.frame_channels, spec.repeated_frames)
     if spec.codec is not None and (decode_pixels or len(row[f"{spec.name}_zeros"])):
         array = spec.codec.decode(array, row[f"{spec.name}_zeros"])
     return array
