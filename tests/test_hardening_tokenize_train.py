@@ -7,7 +7,6 @@ way disks, killed runs and hand-made datasets damage them.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -51,10 +50,6 @@ def _one_error_line(result: subprocess.CompletedProcess) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
-
-
-def _without_addresses(text: str) -> str:
-    return re.sub(r" at 0x[0-9a-f]+", " at 0x…", text)
 
 
 def _only_arrow_file(folder: Path) -> Path:
@@ -183,9 +178,9 @@ def test_tokenize_strict_stops_at_the_first_bad_row_with_the_message_of_its_reje
         capture_output=True, text=True, timeout=300,
     )
     line = _one_error_line(result)
-    expected = f"error: row two-images of {reject['source']} was rejected ({reject['stage']}): {reject['reason']}"
-    # Pillow's reason quotes the address of an in-memory file object, which differs from run to run.
-    assert _without_addresses(line) == _without_addresses(expected)
+    assert line == f"error: row two-images of {reject['source']} was rejected ({reject['stage']}): {reject['reason']}"
+    # The same reason on every run: no address of an in-memory file object in it.
+    assert reject["reason"] == "image 0: cannot decode: not a recognised image format"
     assert not out.exists() and not out.with_name("strict.partial").exists()
 
 

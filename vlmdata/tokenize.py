@@ -11,9 +11,9 @@ Arrow arrays, rebuilt bit-exactly by `vlmdata.shards.model_inputs`.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -41,6 +41,8 @@ from vlmdata.versions import library_versions
 ROWS_PER_BATCH = 16
 TRUNCATE = ("none", "text")
 
+
+OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 @dataclass(frozen=True)
 class TokenizeOptions:
@@ -354,8 +356,11 @@ def _image(images: list, position: int) -> Image.Image:
     try:
         # The same decoding `datasets.Image` does, so the pixels equal what users of the dataset see.
         return datasets.Image().decode_example({"bytes": images[position]["bytes"], "path": images[position]["path"]})
+    except Image.UnidentifiedImageError:
+        raise RowError(f"image {position}: cannot decode: not a recognised image format") from None
     except Exception as error:
-        raise RowError(f"image {position}: cannot decode: {error}") from None
+        # Some of Pillow's messages name the in-memory file by its address, which differs from run to run.
+        raise RowError(f"image {position}: cannot decode: {OBJECT_ADDRESS.sub('', str(error))}") from None
 
 
 def _audio(audios: list, position: int, loaded: LoadedProcessor) -> np.ndarray:
