@@ -16,7 +16,7 @@ from vlmdata.models.loading import load_processor
 from vlmdata.models.registry import load_template
 from vlmdata.pixels import PixelCodec, _processor_table, fold_frames, repeat_frames
 from vlmdata.processor_call import PLAIN_CALL
-from vlmdata.shards import TensorLayout, encode_tensors, load_shards, model_inputs, probe_layout, read_layout
+from vlmdata.shards import TensorLayout, decode_codes, encode_tensors, load_shards, model_inputs, probe_layout, read_layout
 from vlmdata.tokenize import tokenize
 
 QWEN = ["qwen2_vl", "qwen2_5_vl"]
@@ -49,9 +49,9 @@ def test_qwen_stores_one_frame_and_rebuilds_the_processor_output(alias, photos_d
         for decode in (True, False):
             rebuilt = model_inputs(stored, layout, decode_pixels=decode)
             pixels = rebuilt["pixel_values"]
-            if not decode:  # uint8 codes, in the processor's full layout
-                assert pixels.dtype == torch.uint8 and pixels.shape == expected["pixel_values"].shape
-                pixels = spec.codec.decode_tensor(pixels)
+            if not decode:  # the stored uint8 codes, one frame per patch, for the model's pre-hook
+                assert pixels.dtype == torch.uint8 and pixels.shape == (patches, full // frames)
+                pixels = decode_codes(pixels, spec)
             assert pixels.dtype == expected["pixel_values"].dtype
             assert torch.equal(pixels.view(torch.int32), expected["pixel_values"].view(torch.int32)), (alias, row["id"])
             for name, tensor in expected.items():

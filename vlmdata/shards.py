@@ -368,9 +368,9 @@ def model_inputs(row: dict[str, Any], layout: TensorLayout, decode_pixels: bool 
     Args:
         row: a row of `load_shards(folder)` (numpy arrays; plain lists work too).
         layout: `read_layout(folder)`.
-        decode_pixels: with False, pixels stored as codes alone are left as their uint8 codes, for
-            `PixelCodec.decode_tensor` to turn into the processor's floats later (on the GPU, in training);
-            pixels with padding zeros or kept as floats are rebuilt all the same.
+        decode_pixels: with False, pixels stored as codes alone are left as their stored uint8 codes (one
+            frame per patch where folded), for `decode_codes` to turn into the processor's tensor later (on
+            the GPU, in training); pixels with padding zeros or kept as floats are rebuilt all the same.
     """
     input_ids = torch.from_numpy(np.asarray(row["input_ids"]).astype(np.int64))[None]
     inputs = {
@@ -412,8 +412,18 @@ def _stored_array(row: dict[str, Any], spec: TensorSpec, decode_pixels: bool = T
         array = array.reshape(shape)
     elif array.shape[0] == 0:
         return None
-    if spec.repeated_frames > 1:  # the full patches first: the collator, the hook and the float path expect them
-        array = repeat_frames(array.reshape(len(array), -1), spec.frame_channels, spec.repeated_frames)
     if spec.codec is not None and (decode_pixels or len(row[f"{spec.name}_zeros"])):
+        if spec.repeated_frames > 1:
+            array = repeat_frames(array.reshape(len(array), -1), spec.frame_channels, spec.repeated_frames)
         array = spec.codec.decode(array, row[f"{spec.name}_zeros"])
     return array
+
+
+def decode_codes(codes: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
+    """The processor's tensor, in its dtype, from uint8 codes as `model_inputs(..., decode_pixels=False)` leaves
+    them (one row's, or a batch's concatenated), on the codes' own device."""
+    if spec.repeated_frames > 1 and codes.shape[-1] != spec.tail[-1]:  # one frame per patch: repeat it
+        patches = codes.shape[0]
+        folded = codes.reshape(patches, spec.frame_channels, 1, -1)
+        codes = folded.expand(-1, -1, spec.repeated_frames, -1).reshape(patches, -1)
+    return spec.codec.decode_tensor(codes).to(getattr(torch, spec.dtype[6:]))

@@ -40,9 +40,8 @@ from vlmdata.versions import library_versions
 
 ROWS_PER_BATCH = 16
 TRUNCATE = ("none", "text")
-
-
 OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
 
 @dataclass(frozen=True)
 class TokenizeOptions:

@@ -16,7 +16,7 @@ padded Mllama image keeps its first tile in `aspect_ratio_mask` (every real imag
 does, so that no image is masked out entirely.
 
 With `decode_pixels=False`, pixels stored as uint8 codes stay codes in the batch (a quarter of the bytes to
-build, pin and copy) and `PixelDecoding`, a forward pre-hook on the model, turns them into the processor's
+build, pin and copy, an eighth for Qwen2-VL's folded frames) and `PixelDecoding`, a forward pre-hook on the model, turns them into the processor's
 floats on the model's device: the model sees the same values, bit for bit.
 """
 
@@ -29,7 +29,7 @@ import pyarrow as pa
 import torch
 
 from vlmdata.labels import IGNORE_INDEX
-from vlmdata.shards import TensorLayout, TensorSpec, arrow_row, model_inputs
+from vlmdata.shards import TensorLayout, TensorSpec, arrow_row, decode_codes, model_inputs
 
 ALWAYS_BATCHED = ("input_ids", "attention_mask", "labels")
 
@@ -94,9 +94,7 @@ def _codes_or_floats(tensors: list[torch.Tensor | None], spec: TensorSpec, batch
     same_shape = len({tuple(tensor.shape[1:]) for tensor in present}) == 1
     if not any(codes) or (all(codes) and same_shape and not batched):
         return tensors
-    dtype = getattr(torch, spec.dtype[6:])
-    return [spec.codec.decode_tensor(tensor).to(dtype) if tensor is not None and tensor.dtype == torch.uint8 else tensor
-            for tensor in tensors]
+    return [decode_codes(tensor, spec) if tensor is not None and tensor.dtype == torch.uint8 else tensor for tensor in tensors]
 
 
 class PixelDecoding:
@@ -108,14 +106,15 @@ class PixelDecoding:
     """
 
     def __init__(self, layout: TensorLayout, dtype: torch.dtype | None = None):
-        self.codecs = {spec.name: (spec.codec, dtype or getattr(torch, spec.dtype[6:]))
-                       for spec in layout.tensors if spec.codec is not None}
+        self.specs = [spec for spec in layout.tensors if spec.codec is not None]
+        self.dtype = dtype
 
     def __call__(self, module, args, kwargs):
-        for name, (codec, dtype) in self.codecs.items():
-            codes = kwargs.get(name)
+        for spec in self.specs:
+            codes = kwargs.get(spec.name)
             if codes is not None and codes.dtype == torch.uint8:
-                kwargs[name] = codec.decode_tensor(codes).to(dtype)
+                values = decode_codes(codes, spec)
+                kwargs[spec.name] = values if self.dtype is None else values.to(self.dtype)
         return args, kwargs
 
 
