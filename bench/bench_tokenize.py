@@ -13,11 +13,13 @@ Three ways to turn the same normalised rows into model inputs, with processors o
 vlmdata's throughput is measured in steady state: each repetition tokenizes the first `--rows` rows and the
 first `--warm-rows` rows, and the rows in between are divided by the difference of the two times. Start-up
 (loading the processor, probing it, spawning workers, saving the processor) is a fixed cost that a large
-dataset pays once; the time of the short run, start-up included, is reported beside. The floor and
-`datasets.map` run on exactly the rows in between.
+dataset pays once; the time of the short run, start-up included, is reported beside. Each worker loads the
+processor on its first batch, so the short run must give every worker a batch (`--warm-rows` at least 16 per
+worker) or the difference counts a worker's start-up as work. The floor and `datasets.map` run on exactly the
+rows in between.
 
 Example:
-    python -m bench.bench_tokenize --rows 48 --warm-rows 16 --repeats 3 --json out/bench/results/tokenize.json
+    python -m bench.bench_tokenize --rows 144 --warm-rows 32 --repeats 3 --json out/bench/results/tokenize.json
 """
 
 from __future__ import annotations
@@ -253,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default="gemma3,qwen2_vl", help="real-size processors to measure")
     parser.add_argument("--two-process-families", default="gemma3",
                         help="families also measured with --num-proc 2 (spawning workers costs several seconds)")
-    parser.add_argument("--rows", type=int, default=48, help="rows tokenized per repetition (a multiple of 16)")
-    parser.add_argument("--warm-rows", type=int, default=16,
-                        help="rows of the run whose time is subtracted to remove start-up costs")
+    parser.add_argument("--rows", type=int, default=144, help="rows tokenized per repetition (a multiple of 16)")
+    parser.add_argument("--warm-rows", type=int, default=32,
+                        help="rows of the run whose time is subtracted to remove start-up costs (16 per worker at least)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=BENCH_DIR / "results" / "tokenize.json")
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ from bench.report import render
 PRESETS = {
     "default": {
         "make_workload": ["--rows", "2000"],
-        "bench_tokenize": ["--rows", "48", "--warm-rows", "16", "--repeats", "3"],
+        "bench_tokenize": ["--rows", "144", "--warm-rows", "32", "--repeats", "3"],
         "bench_convert": ["--rows", "80", "--image-sizes", "512,256", "--repeats", "5"],
         "bench_memory": ["--convert-rows", "2000,20000", "--tokenize-rows", "32,160"],
         "profile_stages": ["--convert-rows", "100", "--tokenize-rows", "32"],
