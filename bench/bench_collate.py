@@ -87,7 +87,8 @@ def bench_family(family: str, processor_dir: Path, data: Path, batch_size: int, 
     per_batch = {name: median(times) / len(batches) * 1000 for name, times in samples.items()}
     on_the_fly_ms = per_batch["on_the_fly"]
     baseline = f"TRL-style on-the-fly collator: {on_the_fly_ms:.0f} ms/batch"
-    how = f"{len(batches)} batches of {batch_size} rows ({summary.images} images), median of {repeats} rounds; both sides read their rows from Arrow"
+    how = (f"{len(batches)} batches of {batch_size} rows ({summary.images} images), median of {repeats} rounds; "
+           "both sides read their rows from Arrow")
     ratio = on_the_fly_ms / per_batch["shards"]
     cpu_ratio = on_the_fly_ms / per_batch["shards_cpu_decoded"]
     figures = [
@@ -99,14 +100,17 @@ def bench_family(family: str, processor_dir: Path, data: Path, batch_size: int, 
                note=f"{how}; what a model on the CPU pays in all (the pre-hook does this decoding there)"),
     ]
     details = {"batches": len(batches), "batch_size": batch_size, "images": summary.images, "samples_s": samples,
-               "shard_ms_per_batch": per_batch["shards"], "shard_cpu_decoded_ms_per_batch": per_batch["shards_cpu_decoded"],
+               "shard_ms_per_batch": per_batch["shards"],
+               "shard_cpu_decoded_ms_per_batch": per_batch["shards_cpu_decoded"],
                "on_the_fly_ms_per_batch": on_the_fly_ms}
     return figures, details
 
 
 def run(families: list[str], rows: int, batch_size: int, repeats: int) -> tuple[list[Figure], dict]:
-    return for_each_family(families, rows, "collate-",
-                           lambda family, processor, data, scratch: bench_family(family, processor, data, batch_size, repeats, scratch))
+    def measure(family, processor, data, scratch):
+        return bench_family(family, processor, data, batch_size, repeats, scratch)
+
+    return for_each_family(families, rows, "collate-", measure)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -198,7 +198,9 @@ def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None) -
     return TensorLayout(tuple(specs))
 
 
-def _repeated_frames(image_processor, codec: PixelCodec | None, tail: tuple[int, ...], samples: list[np.ndarray]) -> tuple[int, int]:
+def _repeated_frames(
+    image_processor, codec: PixelCodec | None, tail: tuple[int, ...], samples: list[np.ndarray]
+) -> tuple[int, int]:
     """`(repeated_frames, frame_channels)` for pixels stored with one frame per patch, else `(1, 0)`.
 
     Qwen2-VL's image processor repeats each still image `temporal_patch_size` times, so that its patches

@@ -287,7 +287,9 @@ def tokenize_row(row: dict[str, Any], loaded: LoadedProcessor, options: Tokenize
     return TokenizedRow(columns, images, audios)
 
 
-def _token_columns(outputs: dict, loaded: LoadedProcessor, options: TokenizeOptions, assistant_turns: int) -> dict[str, Any]:
+def _token_columns(
+    outputs: dict, loaded: LoadedProcessor, options: TokenizeOptions, assistant_turns: int
+) -> dict[str, Any]:
     """input_ids, labels and length, cutting `outputs`' per-token tensors in place when truncating."""
     input_ids = outputs["input_ids"][0].numpy()
     media = loaded.media_token_ids

@@ -16,8 +16,9 @@ padded Mllama image keeps its first tile in `aspect_ratio_mask` (every real imag
 does, so that no image is masked out entirely.
 
 With `decode_pixels=False`, pixels stored as uint8 codes stay codes in the batch (a quarter of the bytes to
-build, pin and copy, an eighth for Qwen2-VL's folded frames) and `PixelDecoding`, a forward pre-hook on the model, turns them into the processor's
-floats on the model's device: the model sees the same values, bit for bit.
+build, pin and copy, an eighth for Qwen2-VL's folded frames) and `PixelDecoding`, a forward pre-hook on the
+model, turns them into the processor's floats on the model's device: the model sees the same values, bit for
+bit.
 """
 
 from __future__ import annotations
