@@ -107,6 +107,14 @@ def test_the_same_seed_gives_the_same_losses_and_another_seed_others(shards, cli
     assert _losses(other) != _losses(out)
 
 
+def test_data_loader_workers_give_the_losses_of_the_main_process(shards, cli_run, tmp_path):
+    # Worker processes read the rows (zero-copy Arrow views) and collate them: the batches must be the same.
+    out, _, _ = cli_run
+    options = dict(max_steps=3, batch_size=1, learning_rate=5e-2, report_to="none", seed=1, num_workers=2)
+    train(str(shards("gemma3")), tmp_path / "workers", options=TrainOptions(**options), progress=False)
+    assert _losses(tmp_path / "workers") == _losses(out)
+
+
 def test_the_progress_bar_shows_the_steps_loss_steps_per_second_and_tokens_per_second(capsys):
     bar, state, control = ProgressBar(), TrainerState(max_steps=2), TrainerControl()
     bar.on_train_begin(None, state, control)
