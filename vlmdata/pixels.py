@@ -212,8 +212,11 @@ def fold_frames(codes: np.ndarray, channels: int, frames: int) -> np.ndarray | N
     return np.ascontiguousarray(view[:, :, 0]).reshape(patches, size // frames)
 
 
-def repeat_frames(folded: np.ndarray, channels: int, frames: int) -> np.ndarray:
-    """The inverse of `fold_frames`: every patch's frame repeated `frames` times."""
-    patches, size = folded.shape
-    view = folded.reshape(patches, channels, 1, size // channels)
-    return np.repeat(view, frames, axis=2).reshape(patches, size * frames)
+def repeat_frames(folded: np.ndarray | torch.Tensor, channels: int, frames: int) -> np.ndarray | torch.Tensor:
+    """The inverse of `fold_frames`: every patch's frame repeated `frames` times (an array, or a tensor on
+    any device)."""
+    patches = folded.shape[0]
+    view = folded.reshape(patches, channels, 1, -1)
+    shape = (patches, channels, frames, view.shape[-1])
+    full = view.expand(shape) if isinstance(folded, torch.Tensor) else np.broadcast_to(view, shape)
+    return full.reshape(patches, -1)

@@ -425,7 +425,5 @@ def decode_codes(codes: torch.Tensor, spec: TensorSpec) -> torch.Tensor:
     """The processor's tensor, in its dtype, from uint8 codes as `model_inputs(..., decode_pixels=False)` leaves
     them (one row's, or a batch's concatenated), on the codes' own device."""
     if spec.repeated_frames > 1 and codes.shape[-1] != spec.tail[-1]:  # one frame per patch: repeat it
-        patches = codes.shape[0]
-        folded = codes.reshape(patches, spec.frame_channels, 1, -1)
-        codes = folded.expand(-1, -1, spec.repeated_frames, -1).reshape(patches, -1)
+        codes = repeat_frames(codes, spec.frame_channels, spec.repeated_frames)
     return spec.codec.decode_tensor(codes).to(getattr(torch, spec.dtype[6:]))
