@@ -27,7 +27,7 @@ import datasets
 import torch
 
 from bench.bench_tokenize import chat_messages, for_each_family
-from bench.common import BENCH_DIR, Figure, interleaved, median, write_results
+from bench.common import BENCH_DIR, Figure, interleaved, median, print_figures, write_results
 
 GOAL = 20.0
 
@@ -124,8 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures, details = run(args.families.split(","), args.rows, args.batch_size, args.repeats)
     write_results(args.json, figures, details)
-    for figure in figures:
-        print(f"{figure.what}: {figure.value} vs {figure.baseline} -> {figure.ratio_text}; {figure.note}")
+    print_figures(figures)
     return 0
 
 

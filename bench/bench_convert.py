@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.common import BENCH_DIR, Figure, interleaved, median, ratio_text, write_results
+from bench.common import BENCH_DIR, Figure, interleaved, median, print_figures, ratio_text, write_results
 from bench.make_workload import DEFAULT_PHOTOS, JSONL_NAME, make_workload
 
 
@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures, details = run(args.rows, [int(size) for size in args.image_sizes.split(",")], args.repeats)
     write_results(args.json, figures, details)
-    for figure in figures:
-        print(f"{figure.what}: {figure.value} vs {figure.baseline} -> {figure.ratio_text}")
+    print_figures(figures)
     return 0
 
 

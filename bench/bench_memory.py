@@ -27,8 +27,8 @@ import tempfile
 from pathlib import Path
 
 from bench.build_processors import build_processors
-from bench.common import (BENCH_DIR, Figure, Measured, check, mib, ratio_text, run_measured, vlmdata_command,
-                          write_results)
+from bench.common import (BENCH_DIR, Figure, Measured, check, mib, print_figures, ratio_text, run_measured,
+                          vlmdata_command, write_results)
 from bench.make_workload import JSONL_NAME, make_workload, normalised_workload
 
 PEAK_GOAL_BYTES = 1.5 * 2**30
@@ -115,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     figures, details = run(row_pair(args.convert_rows), row_pair(args.tokenize_rows), args.convert_num_proc,
                            args.tokenize_num_proc)
     write_results(args.json, figures, details)
-    for figure in figures:
-        print(f"{figure.what}: {figure.value} vs {figure.baseline} -> {figure.ratio_text}")
+    print_figures(figures)
     return 0
 
 

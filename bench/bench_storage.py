@@ -23,7 +23,7 @@ import datasets
 import torch
 
 from bench.bench_tokenize import chat_messages, datasets_map_seconds, for_each_family
-from bench.common import BENCH_DIR, Figure, folder_bytes, ratio_text, write_results
+from bench.common import BENCH_DIR, Figure, folder_bytes, print_figures, ratio_text, write_results
 
 GOAL = 0.5
 STRETCH_GOAL = 0.25
@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     figures, details = run(args.families.split(","), args.rows, args.check_rows)
     write_results(args.json, figures, details)
-    for figure in figures:
-        print(f"{figure.what}: {figure.value} vs {figure.baseline} -> {figure.ratio_text}; {figure.note}")
+    print_figures(figures)
     return 0
 
 

@@ -37,7 +37,7 @@ import datasets
 import torch
 
 from bench.build_processors import build_processors
-from bench.common import BENCH_DIR, Figure, interleaved, median, ratio_text, write_results
+from bench.common import BENCH_DIR, Figure, interleaved, median, print_figures, ratio_text, write_results
 from bench.make_workload import normalised_workload
 
 # Saving the small input subsets would print a progress bar each time.
@@ -266,8 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     figures, details = run(args.families.split(","), args.rows, args.warm_rows, args.repeats,
                            args.two_process_families.split(","))
     write_results(args.json, figures, details)
-    for figure in figures:
-        print(f"{figure.what}: {figure.value} vs {figure.baseline} -> {figure.ratio_text}")
+    print_figures(figures)
     return 0
 
 

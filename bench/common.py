@@ -62,6 +62,13 @@ def write_results(path: str | Path, figures: list[Figure], details: dict[str, An
     path.write_text(json.dumps(payload, indent=2, default=str), encoding="utf-8")
 
 
+def print_figures(figures: list[Figure]) -> None:
+    """One line per figure, for a script run by hand."""
+    for figure in figures:
+        print(f"{figure.what}: {figure.value} vs {figure.baseline} -> {figure.ratio_text}"
+              + (f"; {figure.note}" if figure.note else ""))
+
+
 def read_results(path: str | Path) -> tuple[list[Figure], dict[str, Any]]:
     payload = json.loads(Path(path).read_text(encoding="utf-8"))
     known = {item.name for item in fields(Figure)}
