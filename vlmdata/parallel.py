@@ -1,4 +1,5 @@
-"""Running a stage's batch function over worker processes, keeping input order and bounded memory."""
+"""Running a stage's batch function over worker processes, keeping input order and bounded memory, and its
+writes on a thread of their own."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
 from typing import TypeVar
@@ -59,6 +60,41 @@ def map_in_order(fn: Callable[[Item], Result], items: Iterable[Item], num_proc: 
                 "A worker process died (killed, or out of memory); nothing was written. "
                 "Run the same command again, with a lower --num-proc if memory is short."
             ) from None
+
+
+class InBackground:
+    """Runs calls one at a time, in order, on a thread of its own, while the caller goes on with the next batch.
+
+    Writing a batch (building its Arrow table, writing and syncing the file) spends most of its time outside
+    the GIL, so on another core it overlaps with tokenizing the next one. At most `pending` calls wait, which
+    bounds the memory they hold; a call's error is raised in the caller, at its next `submit` or at the end of
+    the block.
+
+    Example:
+        >>> with InBackground() as background:  # doctest: +SKIP
+        ...     for table in tables:
+        ...         background.submit(writer.write_table, table)
+    """
+
+    def __init__(self, pending: int = 1):
+        self.pending = pending
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="vlmdata-writer")
+        self._futures: deque[Future] = deque()
+
+    def submit(self, fn: Callable[..., object], *args) -> None:
+        self._futures.append(self._thread.submit(fn, *args))
+        while len(self._futures) > self.pending:
+            self._futures.popleft().result()
+
+    def __enter__(self) -> "InBackground":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            while self._futures and exc_type is None:
+                self._futures.popleft().result()
+        finally:
+            self._thread.shutdown(wait=True, cancel_futures=True)
 
 
 def _exit_with(parent_pid: int) -> None:

@@ -32,7 +32,7 @@ from vlmdata.errors import FatalError, RowError
 from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, has_generation_markers, make_labels, text_cut_allowed
 from vlmdata.models.loading import LoadedProcessor, load_processor
 from vlmdata.models.registry import load_template
-from vlmdata.parallel import batched, map_in_order
+from vlmdata.parallel import InBackground, batched, map_in_order
 from vlmdata.processor_call import PLAIN_CALL, ProcessorCall, quickest_call
 from vlmdata.rows import Reject
 from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR, TensorLayout, encode_tensors, probe_layout, rows_to_table
@@ -166,7 +166,7 @@ def tokenize(
 
     with ArrowFolderWriter(out_dir, layout.features(), overwrite=overwrite) as writer:
         work = functools.partial(tokenize_batch, options=options, layout=layout)
-        with RejectLog(writer.path_of(REJECTS_FILE), strict) as rejects, tqdm(
+        with RejectLog(writer.path_of(REJECTS_FILE), strict) as rejects, InBackground() as background, tqdm(
             total=len(dataset), desc="tokenize", unit=" rows", disable=not progress, dynamic_ncols=True
         ) as bar:
             for results in map_in_order(work, batched(iter(dataset), ROWS_PER_BATCH), num_proc):
@@ -174,7 +174,7 @@ def tokenize(
                 for result in results:
                     if isinstance(result, Reject):
                         rejects.add(result)
-                writer.write_table(rows_to_table([row.columns for row in written], writer.features))
+                background.submit(_write, writer, [row.columns for row in written])
                 _count(summary, written, lengths)
                 summary.rows_read += len(results)
                 bar.update(len(results))
@@ -186,6 +186,10 @@ def tokenize(
         _save_processor(loaded, template, writer.path_of(PROCESSOR_DIR))
         writer.add_file(METADATA_FILE, _metadata(data_dir, options, template_name, num_proc, layout, summary))
     return summary
+
+
+def _write(writer: ArrowFolderWriter, rows: list[dict[str, Any]]) -> None:
+    writer.write_table(rows_to_table(rows, writer.features))
 
 
 def _check_arguments(train_on, max_length, truncate, num_proc) -> None:
