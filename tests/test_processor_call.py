@@ -64,7 +64,7 @@ def test_every_family_gets_its_quick_call_and_the_same_tensors(photos_dir, tmp_p
         summary = tokenize(photos_dir, out, model=str(tiny_model(alias)), progress=False)
         assert summary.rows_written == 2, (alias, summary.rejects_by_reason)
         call = json.loads((out / "vlmdata.json").read_text())["processor_call"]
-        assert call["return_tensors"] == "np", alias
+        assert call["return_tensors"] == "np" and call["vectorised_masks"], alias
         assert call["pixel_codes"] == ([] if alias in PADS_AFTER_NORMALISING else ["pixel_values"]), alias
 
         loaded = load_processor(str(tiny_model(alias)))
@@ -92,6 +92,30 @@ def test_numpy_call_gives_the_plain_call_tensors():
     assert set(plain) == set(quick)
     for name in plain:
         assert quick[name].dtype == plain[name].dtype and torch.equal(quick[name], plain[name]), name
+
+
+@pytest.mark.parametrize("alias", FAMILIES)
+def test_vectorised_masks_equal_transformers_masks_over_several_turns(alias, photos_dir):
+    loaded = load_processor(str(tiny_model(alias)))
+    template = load_template(loaded.family.template_name)
+    image = Image.open(photos_dir.parent / "a.png")
+    messages = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Grain on a ramp."}]},
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "And now?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "The same, twice over."}]},
+    ]
+    if alias in ("llama4", "mllama"):
+        messages = messages[1:]  # their templates take no system prompt with images
+    codes = () if alias in PADS_AFTER_NORMALISING else ("pixel_values",)  # Llama 4's floats are bfloat16: no numpy
+    plain = ProcessorCall("np", codes).apply(loaded.processor, messages, template)
+    vectorised = ProcessorCall("np", codes, vectorised_masks=True).apply(loaded.processor, messages, template)
+    assert plain["assistant_masks"].sum() > 0
+    assert vectorised["assistant_masks"].dtype == plain["assistant_masks"].dtype
+    assert torch.equal(vectorised["assistant_masks"], plain["assistant_masks"]), alias
+    # The stand-in lasts for the call only: the processor's own method is back.
+    assert "_adjust_assistant_masks_indices" not in vars(loaded.processor)
 
 
 def test_codes_of_an_output_that_comes_as_something_else_are_refused():

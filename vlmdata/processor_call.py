@@ -7,6 +7,9 @@ spends much of its time on work that changes nothing in what is stored:
   them to torch afterwards gives the same tensors in a fifth of the time.
 - the image processor rescales and normalises its resized uint8 pixels into floats, which `PixelCodec` then
   turns back into uint8 codes. Asking the processor not to rescale or normalise hands over the codes directly.
+- even on numpy arrays, the assistant mask is found by a Python loop over every token for every reply
+  (`_adjust_assistant_masks_indices`); `_assistant_masks` computes the same masks with one vectorised
+  comparison per reply, standing in for that method during the call.
 
 Each shortcut is taken only if the probe rows come out the same through it: every tensor equal, dtype included,
 and the codes decoding bit for bit to the plain call's pixels. A processor that behaves otherwise (one that pads
@@ -15,6 +18,8 @@ images with zeros after normalising, say) keeps the plain call.
 
 from __future__ import annotations
 
+import bisect
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,10 +36,12 @@ class ProcessorCall:
         return_tensors: what the processor is asked for: "pt", or "np" converted to torch afterwards.
         pixel_codes: the outputs asked for as the resized uint8 pixels, neither rescaled nor normalised: they
             are the stored codes.
+        vectorised_masks: the assistant masks come from `_assistant_masks` rather than transformers' loop.
     """
 
     return_tensors: str = "pt"
     pixel_codes: tuple[str, ...] = ()
+    vectorised_masks: bool = False
 
     def apply(self, processor, messages: list[dict], template: str) -> dict[str, torch.Tensor]:
         """The processor's outputs for one conversation, as torch tensors with a batch dimension of one.
@@ -42,6 +49,8 @@ class ProcessorCall:
         Raises:
             RowError: the processor or the template failed on this conversation.
         """
+        if self.vectorised_masks:  # on this processor object only, for this call only
+            processor._adjust_assistant_masks_indices = functools.partial(_assistant_masks, processor)
         try:
             outputs = processor.apply_chat_template(
                 messages,
@@ -57,6 +66,9 @@ class ProcessorCall:
         except Exception as error:  # a template exception, a bad image size...: the row's fault, not the run's
             message = str(error).splitlines()[0] if str(error) else ""
             raise RowError(f"the processor failed: {type(error).__name__}: {message}") from None
+        finally:
+            if self.vectorised_masks:
+                del processor._adjust_assistant_masks_indices
         for name in self.pixel_codes:
             if name in outputs and outputs[name].dtype != torch.uint8:  # never store unnormalised floats as if normalised
                 raise RowError(f"the processor returned {name} as {outputs[name].dtype}, not as unnormalised uint8 pixels")
@@ -70,15 +82,41 @@ class ProcessorCall:
 PLAIN_CALL = ProcessorCall()
 
 
+def _assistant_masks(processor, processed: dict, generation_indices: list[list[tuple[int, int]]]) -> dict:
+    """What transformers' `_adjust_assistant_masks_indices` returns, computed with numpy.
+
+    A token is in the mask when its characters overlap a reply's span, the span shifted past the characters
+    that expanded media placeholders before it gained.
+    """
+    offsets = processed.pop("offset_mapping")
+    replacements = processed.pop("text_replacement_offsets", None)
+    if replacements is None or len(replacements) == 0:
+        replacements = [[]] * len(processed["input_ids"])
+    masks = []
+    for row_offsets, row_replacements, spans in zip(offsets, replacements, generation_indices):
+        token_spans = np.asarray(row_offsets, dtype=np.int64).reshape(-1, 2)
+        placeholder_ends = [replacement["span"][1] for replacement in row_replacements]
+        gained = [0] + [replacement["new_span"][1] - replacement["span"][1] for replacement in row_replacements]
+        mask = np.zeros(len(token_spans), dtype=bool)
+        for span in spans:
+            start, end = (char + gained[bisect.bisect_right(placeholder_ends, char)] for char in span)
+            mask |= (token_spans[:, 0] < end) & (token_spans[:, 1] > start)
+        masks.append(mask.astype(np.int64))
+    processed["assistant_masks"] = np.stack(masks) if masks else np.zeros((0, 0), np.int64)
+    return processed
+
+
 def quickest_call(processor, template: str, conversations: list[list[dict]], plain: list[dict], codecs: dict) -> ProcessorCall:
     """The quickest call that reproduces `plain` (the plain call's outputs for `conversations`).
 
     Args:
         codecs: the `PixelCodec` of each output stored as codes, by name; without one, pixels stay floats.
     """
-    candidates = [ProcessorCall("np")]
+    # Quickest first: pixels as codes before floats, and for each, vectorised masks before transformers' loop.
+    pixel_choices = [tuple(codecs), ()] if codecs else [()]
+    candidates = [ProcessorCall("np", codes, masks) for codes in pixel_choices for masks in (True, False)]
     if codecs:
-        candidates = [ProcessorCall("np", tuple(codecs)), *candidates, ProcessorCall("pt", tuple(codecs))]
+        candidates.append(ProcessorCall("pt", tuple(codecs)))
     for call in candidates:
         if _reproduces(call, processor, template, conversations, plain, codecs):
             return call
