@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
+STATE_FILE = "state.json"  # written last: its presence marks a finished output
 PREVIOUS_SUFFIX = ".previous"
 
 
@@ -193,7 +194,7 @@ class ArrowFolderWriter:
             "_split": None,
         }
         info = asdict(datasets.DatasetInfo(features=self.features))
-        self.add_file("state.json", json.dumps(state, indent=2, sort_keys=True))
+        self.add_file(STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
         self.add_file("dataset_info.json", json.dumps({k: info[k] for k in sorted(info)}, indent=2))
         _sync_tree(self.partial_dir)
         self._move_into_place()

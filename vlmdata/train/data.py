@@ -18,11 +18,9 @@ import numpy as np
 import torch
 
 from vlmdata.accounting import REJECTS_FILE
-from vlmdata.arrow_folder import PARTIAL_SUFFIX
+from vlmdata.arrow_folder import PARTIAL_SUFFIX, STATE_FILE
 from vlmdata.errors import FatalError
 from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR, TensorLayout, numpy_rows
-
-STATE_FILE = "state.json"  # written last by `vlmdata.arrow_folder`: its presence marks a finished output
 
 
 @dataclass
