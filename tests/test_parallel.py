@@ -1,15 +1,18 @@
-"""Worker processes: order kept for any count, and a worker that dies ends the run instead of hanging it."""
+"""Worker processes: order kept for any count, and a worker that dies ends the run instead of hanging it;
+background threads: order kept, memory bounded, errors raised where they are waited for."""
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from vlmdata.errors import FatalError
-from vlmdata.parallel import InBackground, batched, map_in_order
+from vlmdata.parallel import InBackground, batched, computed_ahead, map_in_order, openmp_threads_wait_passively
 
 
 def square(batch: list[int]) -> list[int]:
@@ -62,3 +65,44 @@ def test_an_error_in_a_background_call_is_raised_in_the_caller():
             background.submit(fail, "disk full")
             background.submit(lambda: None)
             background.submit(lambda: None)
+
+
+def test_items_are_computed_one_ahead_of_the_caller_and_in_order():
+    computed: list[int] = []
+    seen = []
+    for item, future in computed_ahead(lambda value: computed.append(value) or value * 10, range(6)):
+        assert future.result() == item * 10
+        # The caller holds `item`; the thread works on the next one at most, never further.
+        assert computed[-1] <= item + 1
+        seen.append(item)
+    assert seen == list(range(6)) and computed == list(range(6))
+
+
+def test_an_error_computed_ahead_is_raised_for_its_own_item_only():
+    def decode(value: int) -> int:
+        if value == 2:
+            raise ValueError("row 2 is damaged")
+        return value
+
+    outcomes = []
+    for item, future in computed_ahead(decode, range(4)):
+        try:
+            outcomes.append(future.result())
+        except ValueError as error:
+            outcomes.append(str(error))
+    assert outcomes == [0, 1, "row 2 is damaged", 3]
+
+
+def test_openmp_threads_are_asked_to_sleep_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    openmp_threads_wait_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    openmp_threads_wait_passively()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_the_command_line_imports_no_torch_before_tokenize_sets_openmp_up():
+    # OpenMP reads its settings when torch is imported: an import of torch by the CLI would make them too late.
+    code = "import sys, vlmdata.cli, vlmdata.recipe; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

@@ -199,6 +199,9 @@ def tokenize(data, out_dir, model, chat_template, max_length, truncate, train_on
       vlmdata tokenize out/normalised -o out/shards --model gemma3 --max-length 2048
       vlmdata tokenize out/normalised -o out/shards --model ./my-checkpoint --train-on last --num-proc 4
     """
+    from vlmdata.parallel import openmp_threads_wait_passively
+
+    openmp_threads_wait_passively()  # before torch is imported
     from vlmdata.tokenize import tokenize as run_tokenize
 
     summary = _run(

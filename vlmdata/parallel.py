@@ -1,5 +1,5 @@
-"""Running a stage's batch function over worker processes, keeping input order and bounded memory, and its
-writes on a thread of their own."""
+"""Running a stage's batch function over worker processes, keeping input order and bounded memory; its
+writes, and the decoding of the next rows, on threads of their own."""
 
 from __future__ import annotations
 
@@ -62,6 +62,24 @@ def map_in_order(fn: Callable[[Item], Result], items: Iterable[Item], num_proc: 
             ) from None
 
 
+def computed_ahead(fn: Callable[[Item], Result], items: Iterable[Item], ahead: int = 1) -> Iterator[tuple[Item, Future]]:
+    """Yields each item with the Future of `fn(item)`, in order, while up to `ahead` further items are computed on
+    a thread of its own.
+
+    For work that leaves the GIL (Pillow decoding an image), so that it runs on another core while the caller
+    works on the current item. At most `ahead + 1` results are held at once. A Future's `result()` raises what
+    `fn` raised for that item.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="vlmdata-ahead") as thread:
+        pending: deque[tuple[Item, Future]] = deque()
+        for item in items:
+            pending.append((item, thread.submit(fn, item)))
+            if len(pending) > ahead:
+                yield pending.popleft()
+        while pending:
+            yield pending.popleft()
+
+
 class InBackground:
     """Runs calls one at a time, in order, on a thread of its own, while the caller goes on with the next batch.
 
@@ -95,6 +113,18 @@ class InBackground:
                 self._futures.popleft().result()
         finally:
             self._thread.shutdown(wait=True, cancel_futures=True)
+
+
+def openmp_threads_wait_passively() -> None:
+    """Asks torch's OpenMP threads to sleep between operations instead of spinning on their cores.
+
+    After each parallel operation they spin for a while, waiting for the next; in tokenize, the image decoding
+    and shard writing threads and the other worker processes want those cores. Spinning was a quarter of
+    tokenize's CPU time on 2 cores, and letting the threads sleep made it about 10% faster (bench/notes.md).
+    OpenMP reads the setting when torch is first imported, so this must run before; spawned workers inherit it.
+    A value the user set is kept.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _exit_with(parent_pid: int) -> None:

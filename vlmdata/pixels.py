@@ -206,10 +206,14 @@ def fold_frames(codes: np.ndarray, channels: int, frames: int) -> np.ndarray | N
     patches, size = codes.shape
     if size % (channels * frames):
         return None
-    view = codes.reshape(patches, channels, frames, size // (channels * frames))
-    if not np.array_equal(view, np.broadcast_to(view[:, :, :1], view.shape)):
+    rest = size // (channels * frames)
+    view = codes.reshape(patches * channels, frames, rest)
+    # Compared as the widest words a frame's bytes divide into: a quarter of the comparisons for uint8 codes.
+    width = next(width for width in (8, 4, 2, 1) if rest * codes.itemsize % width == 0)
+    words = view.view(f"u{width}") if codes.flags.c_contiguous and width > codes.itemsize else view
+    if not all(np.array_equal(words[:, 0], words[:, frame]) for frame in range(1, frames)):
         return None
-    return np.ascontiguousarray(view[:, :, 0]).reshape(patches, size // frames)
+    return np.ascontiguousarray(view[:, 0]).reshape(patches, size // frames)
 
 
 def repeat_frames(folded: np.ndarray | torch.Tensor, channels: int, frames: int) -> np.ndarray | torch.Tensor:

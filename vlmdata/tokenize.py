@@ -16,6 +16,7 @@ import os
 import re
 import time
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from vlmdata.errors import FatalError, RowError
 from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, has_generation_markers, make_labels, text_cut_allowed
 from vlmdata.models.loading import LoadedProcessor, load_processor
 from vlmdata.models.registry import load_template
-from vlmdata.parallel import InBackground, batched, map_in_order
+from vlmdata.parallel import InBackground, batched, computed_ahead, map_in_order
 from vlmdata.processor_call import PLAIN_CALL, ProcessorCall, quickest_call
 from vlmdata.rows import Reject
 from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR, TensorLayout, encode_tensors, probe_layout, rows_to_table
@@ -261,7 +262,9 @@ def tokenize_batch(rows: list[dict[str, Any]], options: TokenizeOptions, layout:
     if options.torch_threads is not None and torch.get_num_threads() != options.torch_threads:
         torch.set_num_threads(options.torch_threads)
     loaded = _processor(options.checkpoint)
-    return [tokenize_row(row, loaded, options, layout) for row in rows]
+    # The next row's images are decoded on another core (Pillow decodes outside the GIL) while this row is tokenized.
+    decoding = computed_ahead(functools.partial(chat_messages, loaded=loaded), rows)
+    return [tokenize_row(row, loaded, options, layout, decoded) for row, decoded in decoding]
 
 
 @functools.lru_cache(maxsize=2)
@@ -270,12 +273,19 @@ def _processor(checkpoint: str) -> LoadedProcessor:
     return load_processor(checkpoint)
 
 
-def tokenize_row(row: dict[str, Any], loaded: LoadedProcessor, options: TokenizeOptions, layout: TensorLayout):
-    """One normalised row -> a TokenizedRow, or the Reject that says why it cannot be written."""
+def tokenize_row(
+    row: dict[str, Any], loaded: LoadedProcessor, options: TokenizeOptions, layout: TensorLayout,
+    decoded: Future | None = None,
+):
+    """One normalised row -> a TokenizedRow, or the Reject that says why it cannot be written.
+
+    Args:
+        decoded: `chat_messages(row, loaded)` already under way; without it, the row's media are decoded here.
+    """
     source, row_id = str(row.get("source") or ""), str(row.get("id") or "")
     stage = "media"
     try:
-        messages, images, audios = chat_messages(row, loaded)
+        messages, images, audios = decoded.result() if decoded is not None else chat_messages(row, loaded)
         stage = "tokenize"
         outputs = options.call.apply(loaded.processor, messages, options.template)
         assistant_turns = sum(message["role"] == "assistant" for message in messages)
