@@ -68,7 +68,7 @@ def test_every_family_gets_its_quick_call_and_the_same_tensors(photos_dir, tmp_p
         assert summary.rows_written == 2, (alias, summary.rejects_by_reason)
         call = json.loads((out / "vlmdata.json").read_text())["processor_call"]
         assert call["return_tensors"] == ("np" if alias in STACKS_IMAGES_OTHERWISE else None), (alias, call)
-        assert call["vectorised_masks"], alias
+        assert call["vectorised_masks"] and call["image_arrays"], alias
         assert call["pixel_codes"] == ([] if alias in PADS_AFTER_NORMALISING else ["pixel_values"]), alias
 
         loaded = load_processor(str(tiny_model(alias)))
@@ -133,3 +133,23 @@ def test_codes_of_an_output_that_comes_as_something_else_are_refused():
     assert ProcessorCall("np", ("pixel_values",)).apply(loaded.processor, messages, template)["pixel_values"].dtype == torch.uint8
     with pytest.raises(RowError, match="attention_mask as torch.int64, not as unnormalised uint8 pixels"):
         ProcessorCall("np", ("pixel_values", "attention_mask")).apply(loaded.processor, messages, template)
+
+
+@pytest.mark.parametrize("size, mode", [((40, 3), "RGB"), ((3, 40), "RGB"), ((60, 40), "RGBA"), ((60, 40), "L")])
+def test_images_handed_over_as_arrays_give_the_plain_call_tensors(size, mode):
+    # A 3-pixel-high RGB array is [3, 40, 3]: guessed from its shape, it would be read as channels first.
+    loaded = load_processor(str(tiny_model("gemma3")))
+    template = load_template(loaded.family.template_name)
+    rng = np.random.default_rng(5)
+    image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Hi"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]}]
+    call = ProcessorCall(image_arrays=True)
+    handed = call.prepare(messages)[0]["content"][0]["image"]
+    # Only RGB images become arrays; any other mode keeps the processor's own conversion of its PIL image.
+    assert isinstance(handed, np.ndarray) == (mode == "RGB")
+    if mode == "RGB":
+        assert handed.shape == (size[1], size[0], 3) and handed.flags.writeable
+    plain, quick = PLAIN_CALL.apply(loaded.processor, messages, template), call.apply(loaded.processor, messages, template)
+    for name in plain:
+        assert quick[name].dtype == plain[name].dtype and torch.equal(quick[name], plain[name]), (size, mode, name)

@@ -10,6 +10,8 @@ spends much of its time on work that changes nothing in what is stored:
   lists, which numpy and torch convert in C.
 - the image processor rescales and normalises its resized uint8 pixels into floats, which `PixelCodec` then
   turns back into uint8 codes. Asking the processor not to rescale or normalise hands over the codes directly.
+- handed a PIL image, the processor converts it to RGB and then to an array, two copies of every pixel.
+  RGB images handed over as arrays skip both; `prepare` makes the arrays on tokenize's decoding thread.
 - even on numpy arrays, the assistant mask is found by a Python loop over every token for every reply
   (`_adjust_assistant_masks_indices`); `_assistant_masks` computes the same masks with one vectorised
   comparison per reply, standing in for that method during the call.
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from PIL import Image
 
 from vlmdata.errors import RowError
 
@@ -41,11 +44,21 @@ class ProcessorCall:
         pixel_codes: the outputs asked for as the resized uint8 pixels, neither rescaled nor normalised: they
             are the stored codes.
         vectorised_masks: the assistant masks come from `_assistant_masks` rather than transformers' loop.
+        image_arrays: RGB images are handed over as `[height, width, 3]` uint8 arrays (see `prepare`).
     """
 
     return_tensors: str | None = "pt"
     pixel_codes: tuple[str, ...] = ()
     vectorised_masks: bool = False
+    image_arrays: bool = False
+
+    def prepare(self, messages: list[dict]) -> list[dict]:
+        """The messages as this call hands them to the processor: with `image_arrays`, each RGB image as an
+        array (other modes keep their PIL image, whose conversion to RGB is the processor's). Prepared messages
+        are returned as they are."""
+        if not self.image_arrays:
+            return messages
+        return [{**message, "content": [_as_array(part) for part in message["content"]]} for message in messages]
 
     def apply(self, processor, messages: list[dict], template: str) -> dict[str, torch.Tensor]:
         """The processor's outputs for one conversation, as torch tensors with a batch dimension of one.
@@ -53,6 +66,7 @@ class ProcessorCall:
         Raises:
             RowError: the processor or the template failed on this conversation.
         """
+        messages = self.prepare(messages)
         if self.vectorised_masks:  # on this processor object only, for this call only
             processor._adjust_assistant_masks_indices = functools.partial(_assistant_masks, processor)
         try:
@@ -80,10 +94,20 @@ class ProcessorCall:
 
     def _processor_kwargs(self) -> dict:
         # A new dict on every call: transformers adds its own keys to the one it is given.
-        return {"images_kwargs": {"do_rescale": False, "do_normalize": False}} if self.pixel_codes else {}
+        images = {"do_rescale": False, "do_normalize": False} if self.pixel_codes else {}
+        if self.image_arrays:  # never guessed from the shape: a 3-pixel-high image would look channels-first
+            images["input_data_format"] = "channels_last"
+        return {"images_kwargs": images} if images else {}
 
 
 PLAIN_CALL = ProcessorCall()
+
+
+def _as_array(part: dict) -> dict:
+    image = part.get("image") if part.get("type") == "image" else None
+    if isinstance(image, Image.Image) and image.mode == "RGB":
+        return {**part, "image": np.array(image)}  # a writable copy: torch warns about read-only arrays
+    return part
 
 
 def _assistant_masks(processor, processed: dict, generation_indices: list[list[tuple[int, int]]]) -> dict:
@@ -117,10 +141,10 @@ def quickest_call(processor, template: str, conversations: list[list[dict]], pla
         codecs: the `PixelCodec` of each output stored as codes, by name; without one, pixels stay floats.
     """
     # Quickest first: pixels as codes before floats, then vectorised masks before transformers' loop, then lists
-    # before numpy arrays.
+    # before numpy arrays, then images as arrays before PIL images.
     pixel_choices = [tuple(codecs), ()] if codecs else [()]
-    candidates = [ProcessorCall(tensors, codes, masks)
-                  for codes in pixel_choices for masks in (True, False) for tensors in (None, "np")]
+    candidates = [ProcessorCall(tensors, codes, masks, arrays) for codes in pixel_choices for masks in (True, False)
+                  for tensors in (None, "np") for arrays in (True, False)]
     if codecs:
         candidates.append(ProcessorCall("pt", tuple(codecs)))
     for call in candidates:

@@ -263,8 +263,13 @@ def tokenize_batch(rows: list[dict[str, Any]], options: TokenizeOptions, layout:
         torch.set_num_threads(options.torch_threads)
     loaded = _processor(options.checkpoint)
     # The next row's images are decoded on another core (Pillow decodes outside the GIL) while this row is tokenized.
-    decoding = computed_ahead(functools.partial(chat_messages, loaded=loaded), rows)
+    decoding = computed_ahead(functools.partial(_decoded_messages, loaded=loaded, call=options.call), rows)
     return [tokenize_row(row, loaded, options, layout, decoded) for row, decoded in decoding]
+
+
+def _decoded_messages(row: dict[str, Any], loaded: LoadedProcessor, call: ProcessorCall) -> tuple[list[dict], int, int]:
+    messages, images, audios = chat_messages(row, loaded)
+    return call.prepare(messages), images, audios
 
 
 @functools.lru_cache(maxsize=2)
@@ -280,7 +285,8 @@ def tokenize_row(
     """One normalised row -> a TokenizedRow, or the Reject that says why it cannot be written.
 
     Args:
-        decoded: `chat_messages(row, loaded)` already under way; without it, the row's media are decoded here.
+        decoded: the row's messages with media decoded (`chat_messages`), already under way; without it, they
+            are decoded here.
     """
     source, row_id = str(row.get("source") or ""), str(row.get("id") or "")
     stage = "media"
