@@ -77,6 +77,7 @@ def test_lora_learns_saves_and_reloads_with_the_same_logits(alias, shards, tmp_p
     for name in ("adapter_config.json", "adapter_model.safetensors", "metrics.json", "loss.png", "vlmdata.json",
                  "processor_config.json"):
         assert (out / name).is_file(), name
+    assert not (out / "checkpoints").exists()  # no --save-steps: no checkpoint, and no empty folder for one
 
     trained = summary.model.eval()
     batch = _first_batch(shards(alias), trained)

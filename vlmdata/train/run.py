@@ -163,6 +163,9 @@ def train(
         (out / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         plot_loss(records, out / LOSS_PLOT)
         (out / METADATA_FILE).write_text(_metadata(shards_source, shards, checkpoint, options, summary))
+        checkpoints = out / CHECKPOINTS_DIR
+        if checkpoints.is_dir() and not any(checkpoints.iterdir()):  # made by the Trainer even when nothing is saved
+            checkpoints.rmdir()
     return summary
 
 
