@@ -264,7 +264,7 @@ def tokenize_batch(rows: list[dict[str, Any]], options: TokenizeOptions, layout:
     loaded = _processor(options.checkpoint)
     # The next row's images are decoded on another core (Pillow decodes outside the GIL) while this row is tokenized.
     decoding = computed_ahead(functools.partial(_decoded_messages, loaded=loaded, call=options.call), rows)
-    return [tokenize_row(row, loaded, options, layout, decoded) for row, decoded in decoding]
+    return [tokenize_row(row, decoded, loaded, options, layout) for row, decoded in decoding]
 
 
 def _decoded_messages(row: dict[str, Any], loaded: LoadedProcessor, call: ProcessorCall) -> tuple[list[dict], int, int]:
@@ -279,19 +279,17 @@ def _processor(checkpoint: str) -> LoadedProcessor:
 
 
 def tokenize_row(
-    row: dict[str, Any], loaded: LoadedProcessor, options: TokenizeOptions, layout: TensorLayout,
-    decoded: Future | None = None,
+    row: dict[str, Any], decoded: Future, loaded: LoadedProcessor, options: TokenizeOptions, layout: TensorLayout
 ):
     """One normalised row -> a TokenizedRow, or the Reject that says why it cannot be written.
 
     Args:
-        decoded: the row's messages with media decoded (`chat_messages`), already under way; without it, they
-            are decoded here.
+        decoded: the row's messages with their media decoded (`_decoded_messages`), under way on a thread.
     """
     source, row_id = str(row.get("source") or ""), str(row.get("id") or "")
     stage = "media"
     try:
-        messages, images, audios = decoded.result() if decoded is not None else chat_messages(row, loaded)
+        messages, images, audios = decoded.result()
         stage = "tokenize"
         outputs = options.call.apply(loaded.processor, messages, options.template)
         assistant_turns = sum(message["role"] == "assistant" for message in messages)
