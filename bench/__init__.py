@@ -4,7 +4,7 @@
 measured in the same run, so that a busy or slow machine changes both sides alike.
 """
 
-from vlmdata.parallel import openmp_threads_wait_passively
+from vlmdata.executors import openmp_threads_wait_passively
 
 # As the `vlmdata tokenize` command does, before any script imports torch: every side of a comparison runs so.
 openmp_threads_wait_passively()

@@ -87,7 +87,7 @@ def bench_family(family: str, processor_dir: Path, data: Path, batch_size: int, 
     per_batch = {name: median(times) / len(batches) * 1000 for name, times in samples.items()}
     on_the_fly_ms = per_batch["on_the_fly"]
     baseline = f"TRL-style on-the-fly collator: {on_the_fly_ms:.0f} ms/batch"
-    how = (f"{len(batches)} batches of {batch_size} rows ({summary.images} images), median of {repeats} rounds; "
+    how = (f"{len(batches)} batches of {batch_size} rows ({summary.media['images']} images), median of {repeats} rounds; "
            "both sides read their rows from Arrow")
     ratio = on_the_fly_ms / per_batch["shards"]
     cpu_ratio = on_the_fly_ms / per_batch["shards_cpu_decoded"]
@@ -99,7 +99,7 @@ def bench_family(family: str, processor_dir: Path, data: Path, batch_size: int, 
                f"{per_batch['shards_cpu_decoded']:.1f} ms/batch", baseline, cpu_ratio, f"{cpu_ratio:.1f}x faster",
                note=f"{how}; what a model on the CPU pays in all (the pre-hook does this decoding there)"),
     ]
-    details = {"batches": len(batches), "batch_size": batch_size, "images": summary.images, "samples_s": samples,
+    details = {"batches": len(batches), "batch_size": batch_size, "images": summary.media["images"], "samples_s": samples,
                "shard_ms_per_batch": per_batch["shards"],
                "shard_cpu_decoded_ms_per_batch": per_batch["shards_cpu_decoded"],
                "on_the_fly_ms_per_batch": on_the_fly_ms}

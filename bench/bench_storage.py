@@ -72,7 +72,7 @@ def bench_family(family: str, processor_dir: Path, data: Path, check_rows: int, 
     datasets_map_seconds(data, map_processor, scratch, keep=scratch / "map-cache.arrow")
     map_bytes = (scratch / "map-cache.arrow").stat().st_size
 
-    images = summary.images
+    images = summary.media["images"]
     ratio = shard_bytes / float32_bytes
     exact = not problems
     checked = f"{min(check_rows, summary.rows_written)} rows rebuilt bit-exactly" if exact else (

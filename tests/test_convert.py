@@ -90,7 +90,7 @@ def test_every_loading_key_is_resolved_and_the_output_loads_back(tmp_path, media
         summary = convert([str(source)], tmp_path / "out", progress=False)
 
     assert (summary.rows_read, summary.rows_written, summary.rows_rejected) == (3, 3, 0)
-    assert (summary.images, summary.audios) == (4, 1)
+    assert (summary.media["images"], summary.media["audios"]) == (4, 1)
     dataset = datasets.load_from_disk(str(tmp_path / "out"))
     assert dataset["id"] == ["keys", "train.jsonl:2", "train.jsonl:3"]
     assert set(dataset["source"]) == {str(source)}

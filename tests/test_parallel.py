@@ -12,7 +12,8 @@ import threading
 import pytest
 
 from vlmdata.errors import FatalError
-from vlmdata.parallel import InBackground, batched, computed_ahead, map_in_order, openmp_threads_wait_passively
+from vlmdata.executors import openmp_threads_wait_passively
+from vlmdata.parallel import InBackground, batched, computed_ahead, map_in_order
 
 
 def square(batch: list[int]) -> list[int]:

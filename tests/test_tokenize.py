@@ -212,7 +212,7 @@ def test_folder_loads_both_ways_and_holds_processor_and_metadata(data_dir, tmp_p
 def test_audio_rows_end_to_end_for_gemma3n(tmp_path):
     data = normalised(tmp_path / "audio", with_audio=True)
     summary = _tokenize(data, tmp_path / "shards", "gemma3n")
-    assert summary.rows_written == 4 and summary.audios == 1
+    assert summary.rows_written == 4 and summary.media["audios"] == 1
     row = _shard_rows(tmp_path / "shards")["audio"]
     processor = AutoProcessor.from_pretrained(tiny_model("gemma3n"))
     source = next(r for r in datasets.load_from_disk(str(data)) if r["id"] == "audio")

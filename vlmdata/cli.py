@@ -199,7 +199,7 @@ def tokenize(data, out_dir, model, chat_template, max_length, truncate, train_on
       vlmdata tokenize out/normalised -o out/shards --model gemma3 --max-length 2048
       vlmdata tokenize out/normalised -o out/shards --model ./my-checkpoint --train-on last --num-proc 4
     """
-    from vlmdata.parallel import openmp_threads_wait_passively
+    from vlmdata.executors import openmp_threads_wait_passively
 
     openmp_threads_wait_passively()  # before torch is imported
     from vlmdata.tokenize import tokenize as run_tokenize
@@ -391,8 +391,8 @@ def _print_convert_summary(summary) -> None:
         ("rows read", summary.rows_read),
         ("rows written", summary.rows_written),
         ("rows rejected", summary.rows_rejected),
-        ("images", summary.images),
-        ("audio clips", summary.audios),
+        ("images", summary.media["images"]),
+        ("audio clips", summary.media["audios"]),
         ("shard size", _human_bytes(summary.output_bytes)),
     ]
     for label, value in lines:
@@ -415,8 +415,8 @@ def _print_tokenize_summary(summary) -> None:
         ("tokens", summary.tokens),
         ("trained tokens", f"{summary.trained_tokens} ({summary.trained_fraction:.1%})"),
         ("length p50/p90/max", "/".join(str(percentiles.get(k, "-")) for k in ("p50", "p90", "max"))),
-        ("images", summary.images),
-        ("audio clips", summary.audios),
+        ("images", summary.media["images"]),
+        ("audio clips", summary.media["audios"]),
         ("shard size", _human_bytes(summary.output_bytes)),
         ("bytes per sample", _human_bytes(summary.bytes_per_sample)),
     ]

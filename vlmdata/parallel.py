@@ -1,10 +1,11 @@
-"""Running a stage's batch function over worker processes, keeping input order and bounded memory; its
-writes, and the decoding of the next rows, on threads of their own."""
+"""Ordered maps over worker processes and threads, with bounded memory: the building blocks of
+`vlmdata.executors` and of the stages' background work (decoding the next rows, writing the last batch)."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -30,13 +31,15 @@ def batched(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield batch
 
 
-def map_in_order(fn: Callable[[Item], Result], items: Iterable[Item], num_proc: int = 1) -> Iterator[Result]:
+def map_in_order(
+    fn: Callable[[Item], Result], items: Iterable[Item], num_proc: int = 1, threads_per_process: int | None = None
+) -> Iterator[Result]:
     """Yields `fn(item)` for every item, in input order, computed in `num_proc` processes.
 
     Unlike `Pool.imap`, which reads its whole input ahead, only a few items per worker are in flight at once.
     The result order never depends on `num_proc`, so the output of a stage is identical however it was run.
     `fn` must be a module-level function (workers are spawned, not forked, so they hold no inherited threads
-    or open files).
+    or open files). `threads_per_process` caps each worker's OpenMP (torch) threads.
 
     Raises:
         FatalError: a worker process died (killed, out of memory, a crash in native code); a `Pool` would
@@ -46,7 +49,8 @@ def map_in_order(fn: Callable[[Item], Result], items: Iterable[Item], num_proc: 
         yield from map(fn, items)
         return
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(num_proc, mp_context=context, initializer=_exit_with, initargs=(os.getpid(),)) as pool:
+    start = (os.getpid(), threads_per_process)
+    with ProcessPoolExecutor(num_proc, mp_context=context, initializer=_start_worker, initargs=start) as pool:
         pending = deque()
         try:
             for item in items:
@@ -115,21 +119,14 @@ class InBackground:
             self._thread.shutdown(wait=True, cancel_futures=True)
 
 
-def openmp_threads_wait_passively() -> None:
-    """Asks torch's OpenMP threads to sleep between operations instead of spinning on their cores.
-
-    After each parallel operation they spin for a while, waiting for the next; in tokenize, the image decoding
-    and shard writing threads and the other worker processes want those cores. Spinning was a quarter of
-    tokenize's CPU time on 2 cores, and letting the threads sleep made it about 10% faster (bench/notes.md).
-    OpenMP reads the setting when torch is first imported, so this must run before; spawned workers inherit it.
-    A value the user set is kept.
-    """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _exit_with(parent_pid: int) -> None:
-    """Ends a worker once its parent is gone: a parent killed with SIGKILL cannot tell its workers to stop, and
-    they would otherwise wait for work forever."""
+def _start_worker(parent_pid: int, threads: int | None) -> None:
+    """Sets a worker's thread count, and ends the worker once its parent is gone: a parent killed with SIGKILL
+    cannot tell its workers to stop, and they would otherwise wait for work forever."""
+    if threads is not None:
+        # Read by OpenMP when torch is first imported, which in a fresh worker comes later, with the first batch.
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
 
     def watch() -> None:
         while os.getppid() == parent_pid:

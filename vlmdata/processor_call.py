@@ -1,24 +1,19 @@
-"""How tokenize calls the processor: the quickest call whose outputs equal the plain call's on the probe rows.
+"""How tokenize calls the processor: `ProcessorCall`, one way of calling `apply_chat_template`.
 
 The plain call, `apply_chat_template(..., tokenize=True, return_assistant_tokens_mask=True, return_tensors="pt")`,
-spends much of its time on work that changes nothing in what is stored:
-- transformers finds the assistant tokens by walking the offset mapping one token at a time; as a torch tensor,
-  every step is a tensor operation (about 100 ms for a 2000-token row). Asking for numpy arrays and converting
-  them to torch afterwards gives the same tensors in a fifth of the time.
-- asked for numpy or torch, the tokenizer first walks every nested list it returns in Python (to see whether it
-  is empty), the offset mapping included: about 1.5 µs a token. Asked for no tensors at all, it hands over its
-  lists, which numpy and torch convert in C.
+spends much of its time on work that changes nothing in what is stored (bench/notes.md has the figures):
+- transformers finds the assistant tokens by walking the offset mapping one token at a time; as torch
+  tensors, every step is a tensor operation. Asking for numpy arrays and converting them afterwards is quicker.
+- asked for numpy or torch, the tokenizer first walks every nested list it returns in Python; asked for no
+  tensors at all, it hands over its lists, which numpy and torch convert in C.
 - the image processor rescales and normalises its resized uint8 pixels into floats, which `PixelCodec` then
-  turns back into uint8 codes. Asking the processor not to rescale or normalise hands over the codes directly.
-- handed a PIL image, the processor converts it to RGB and then to an array, two copies of every pixel.
-  RGB images handed over as arrays skip both; `prepare` makes the arrays on tokenize's decoding thread.
-- even on numpy arrays, the assistant mask is found by a Python loop over every token for every reply
-  (`_adjust_assistant_masks_indices`); `_assistant_masks` computes the same masks with one vectorised
-  comparison per reply, standing in for that method during the call.
+  turns back into uint8 codes; asking it not to rescale or normalise hands over the codes directly.
+- handed a PIL image, the processor converts it to RGB and then to an array, two copies of every pixel; RGB
+  images handed over as arrays skip both (`prepare` makes them on tokenize's decoding thread).
+- even on numpy arrays, the assistant mask is found by a Python loop over every token for every reply;
+  `_assistant_masks` computes the same masks with one vectorised comparison per reply.
 
-Each shortcut is taken only if the probe rows come out the same through it: every tensor equal, dtype included,
-and the codes decoding bit for bit to the plain call's pixels. A processor that behaves otherwise (one that pads
-images with zeros after normalising, say) keeps the plain call.
+`vlmdata.calibration` takes each shortcut only if the probe rows come out the same through it.
 """
 
 from __future__ import annotations
@@ -132,51 +127,3 @@ def _assistant_masks(processor, processed: dict, generation_indices: list[list[t
         masks.append(mask.astype(np.int64))
     processed["assistant_masks"] = np.stack(masks) if masks else np.zeros((0, 0), np.int64)
     return processed
-
-
-def quickest_call(processor, template: str, conversations: list[list[dict]], plain: list[dict], codecs: dict) -> ProcessorCall:
-    """The quickest call that reproduces `plain` (the plain call's outputs for `conversations`).
-
-    Args:
-        codecs: the `PixelCodec` of each output stored as codes, by name; without one, pixels stay floats.
-    """
-    # Quickest first: pixels as codes before floats, then vectorised masks before transformers' loop, then lists
-    # before numpy arrays, then images as arrays before PIL images.
-    pixel_choices = [tuple(codecs), ()] if codecs else [()]
-    candidates = [ProcessorCall(tensors, codes, masks, arrays) for codes in pixel_choices for masks in (True, False)
-                  for tensors in (None, "np") for arrays in (True, False)]
-    if codecs:
-        candidates.append(ProcessorCall("pt", tuple(codecs)))
-    for call in candidates:
-        if _reproduces(call, processor, template, conversations, plain, codecs):
-            return call
-    return PLAIN_CALL
-
-
-def _reproduces(call: ProcessorCall, processor, template, conversations, plain, codecs) -> bool:
-    for messages, expected in zip(conversations, plain):
-        try:
-            outputs = call.apply(processor, messages, template)
-        except RowError:
-            return False
-        if set(outputs) != set(expected):
-            return False
-        for name, tensor in expected.items():
-            got = outputs[name]
-            if name in call.pixel_codes:
-                if got.dtype != torch.uint8 or not _bit_equal(codecs[name].decode(got.numpy()), tensor.float().numpy()):
-                    return False
-            elif not _same(got, tensor):
-                return False
-    return True
-
-
-def _same(got, expected) -> bool:
-    if not torch.is_tensor(expected):
-        return got == expected
-    return torch.is_tensor(got) and got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected)
-
-
-def _bit_equal(a: np.ndarray, b: np.ndarray) -> bool:
-    # Bit for bit, unlike ==, which takes -0.0 for 0.0.
-    return a.shape == b.shape and np.array_equal(a.astype(np.float32).view(np.uint32), b.astype(np.float32).view(np.uint32))

@@ -1,20 +1,18 @@
-"""Stage 2, tokenize: the normalised dataset -> token shards (DESIGN.md section 3).
+"""Stage 2, tokenize: the normalised dataset -> token shards (docs/architecture.md, "Token shards").
 
 Every row goes through the processor's own `apply_chat_template(..., tokenize=True)`, with the family's
 packaged chat template (the official string, plus `{% generation %}` markers), so the shards hold exactly what
-a user gets from the processor; the assistant mask it returns becomes the labels (`vlmdata.labels`). Rows
-stream in batches through worker processes (`map_in_order`), so memory stays flat and the shards are the
-same for any `num_proc`. How tensors are stored is described in `vlmdata.shards`: uint8 pixel codes, typed
-Arrow arrays, rebuilt bit-exactly by `vlmdata.shards.model_inputs`.
+a user gets from the processor; the assistant mask it returns becomes the labels (`vlmdata.labels`). Before
+the first row, `vlmdata.calibration` finds how to store each tensor and the quickest call that stores the same;
+then `TokenizeWorker` tokenizes batch by batch, wherever the executor runs it, and `vlmdata.stage.run_stage`
+writes the shards: uint8 pixel codes and typed Arrow arrays (`vlmdata.shards`), rebuilt bit-exactly by
+`vlmdata.shards.model_inputs`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
 import re
-import time
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -23,71 +21,50 @@ from typing import Any
 
 import datasets
 import numpy as np
-import torch
 from PIL import Image
-from tqdm import tqdm
 
-from vlmdata.accounting import REJECTS_FILE, RejectLog
 from vlmdata.arrow_folder import ArrowFolderWriter
+from vlmdata.calibration import TokenizePlan, calibrate
 from vlmdata.errors import FatalError, RowError
+from vlmdata.executors import Executor, LocalExecutor
 from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, has_generation_markers, make_labels, text_cut_allowed
 from vlmdata.models.loading import LoadedProcessor, load_processor
 from vlmdata.models.registry import load_template
-from vlmdata.parallel import InBackground, batched, computed_ahead, map_in_order
-from vlmdata.processor_call import PLAIN_CALL, ProcessorCall, quickest_call
+from vlmdata.parallel import batched, computed_ahead
+from vlmdata.processor_call import ProcessorCall
 from vlmdata.rows import Reject
-from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR, TensorLayout, encode_tensors, probe_layout, rows_to_table
+from vlmdata.shards import PROCESSOR_DIR, TensorLayout, encode_tensors, rows_to_table
+from vlmdata.stage import (
+    ROWS_PER_BATCH, BatchWorker, RowProgress, Stage, StageSummary, Tally, WrittenRow, check_num_proc, guarded,
+    run_stage,
+)
 from vlmdata.versions import library_versions
 
-ROWS_PER_BATCH = 16
 TRUNCATE = ("none", "text")
 OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
 class TokenizeOptions:
-    """What every worker needs to tokenize a row (hashable, so each process loads the processor once)."""
+    """What every worker needs to tokenize a row."""
 
     checkpoint: str
     template: str
     train_on: str = "assistant"
     max_length: int | None = None
     truncate: str = "none"
-    call: ProcessorCall = PLAIN_CALL
-    torch_threads: int | None = None
 
 
 @dataclass
-class TokenizedRow:
-    """One written row: its stored columns, and what the summary counts."""
-
-    columns: dict[str, Any]
-    images: int
-    audios: int
-
-
-@dataclass
-class TokenizeSummary:
+class TokenizeSummary(StageSummary):
     """What a tokenize run did; `rows_read == rows_written + rows_rejected` always holds."""
 
-    out_dir: str
-    model: str
-    family: str
-    template: str
-    rows_read: int = 0
-    rows_written: int = 0
-    images: int = 0
-    audios: int = 0
+    model: str = ""
+    family: str = ""
+    template: str = ""
     tokens: int = 0
     trained_tokens: int = 0
     length_percentiles: dict[str, int] = field(default_factory=dict)
-    rejects_by_reason: Counter = field(default_factory=Counter)
-    output_bytes: int = 0
-    elapsed_s: float = 0.0
-
-    @property
-    def rows_rejected(self) -> int:
-        return sum(self.rejects_by_reason.values())
 
     @property
     def trained_fraction(self) -> float:
@@ -97,12 +74,15 @@ class TokenizeSummary:
     def bytes_per_sample(self) -> int:
         return self.output_bytes // self.rows_written if self.rows_written else 0
 
+    def take(self, tally: Tally) -> None:
+        super().take(tally)
+        self.tokens, self.trained_tokens = tally.counts["tokens"], tally.counts["trained_tokens"]
+        self.length_percentiles = _percentiles(tally.lengths)
+
     def to_dict(self) -> dict[str, Any]:
-        summary = asdict(self)
-        summary["rows_rejected"] = self.rows_rejected
+        summary = super().to_dict()
         summary["trained_fraction"] = round(self.trained_fraction, 6)
         summary["bytes_per_sample"] = self.bytes_per_sample
-        summary["rejects_by_reason"] = dict(self.rejects_by_reason.most_common())
         return summary
 
 
@@ -144,7 +124,6 @@ def tokenize(
         True
     """
     _check_arguments(train_on, max_length, truncate, num_proc)
-    started = time.monotonic()
     dataset = _read_dataset(data_dir)
     loaded = load_processor(model)
     template_name = chat_template or loaded.family.template_name
@@ -154,43 +133,131 @@ def tokenize(
             f"The chat template {template_name!r} has no {{% generation %}} markers around the assistant replies, "
             "so the trained tokens cannot be found; use a packaged template or add the markers."
         )
-    conversations = _probe_conversations(loaded)
-    plain = _probe_outputs(loaded, template, conversations)
-    layout = probe_layout(plain, getattr(loaded.processor, "image_processor", None))
-    codecs = {spec.name: spec.codec for spec in layout.tensors if spec.codec is not None}
-    call = quickest_call(loaded.processor, template, conversations, plain, codecs)
-    options = TokenizeOptions(
-        loaded.checkpoint, template, train_on, max_length, truncate, call, _threads_per_worker(num_proc)
-    )
-    summary = TokenizeSummary(str(out_dir), model, loaded.family.alias, template_name)
-    lengths: Counter[int] = Counter()
-
-    with ArrowFolderWriter(out_dir, layout.features(), overwrite=overwrite) as writer:
-        work = functools.partial(tokenize_batch, options=options, layout=layout)
-        with RejectLog(writer.path_of(REJECTS_FILE), strict) as rejects, InBackground() as background, tqdm(
-            total=len(dataset), desc="tokenize", unit=" rows", disable=not progress, dynamic_ncols=True
-        ) as bar:
-            for results in map_in_order(work, batched(iter(dataset), ROWS_PER_BATCH), num_proc):
-                written = [result for result in results if isinstance(result, TokenizedRow)]
-                for result in results:
-                    if isinstance(result, Reject):
-                        rejects.add(result)
-                background.submit(_write, writer, [row.columns for row in written])
-                _count(summary, written, lengths)
-                summary.rows_read += len(results)
-                bar.update(len(results))
-                bar.set_postfix(rejected=rejects.count, refresh=False)
-        summary.rejects_by_reason = rejects.by_reason
-        summary.length_percentiles = _percentiles(lengths)
-        summary.output_bytes = writer.finish_shards()
-        summary.elapsed_s = round(time.monotonic() - started, 3)
-        _save_processor(loaded, template, writer.path_of(PROCESSOR_DIR))
-        writer.add_file(METADATA_FILE, _metadata(data_dir, options, template_name, num_proc, layout, summary))
-    return summary
+    options = TokenizeOptions(loaded.checkpoint, template, train_on, max_length, truncate)
+    stage = TokenizeStage(str(data_dir), dataset, model, loaded, template_name, options, calibrate(loaded, template))
+    return run_stage(stage, out_dir, LocalExecutor(num_proc), strict=strict, overwrite=overwrite, progress=progress)
 
 
-def _write(writer: ArrowFolderWriter, rows: list[dict[str, Any]]) -> None:
-    writer.write_table(rows_to_table(rows, writer.features))
+class TokenizeStage(Stage[TokenizeSummary]):
+    """Normalised rows -> token rows for one processor, planned by `calibrate`."""
+
+    name = "tokenize"
+
+    def __init__(self, data_dir: str, dataset: datasets.Dataset, model: str, loaded: LoadedProcessor,
+                 template_name: str, options: TokenizeOptions, plan: TokenizePlan):
+        self.data_dir, self.dataset, self.model, self.loaded = data_dir, dataset, model, loaded
+        self.template_name, self.options, self.plan = template_name, options, plan
+
+    def features(self) -> datasets.Features:
+        return self.plan.layout.features()
+
+    def batches(self):
+        return batched(iter(self.dataset), ROWS_PER_BATCH)
+
+    def total_rows(self) -> int:
+        return len(self.dataset)
+
+    def worker(self, scratch_dir: Path) -> "TokenizeWorker":
+        return TokenizeWorker(self.options, self.plan.call, self.plan.layout)
+
+    def summary(self, out_dir: str) -> TokenizeSummary:
+        return TokenizeSummary(out_dir, model=self.model, family=self.loaded.family.alias, template=self.template_name)
+
+    def before_commit(self, writer: ArrowFolderWriter) -> None:
+        _save_processor(self.loaded, self.options.template, writer.path_of(PROCESSOR_DIR))
+
+    def metadata(self, summary: TokenizeSummary, executor: Executor) -> dict[str, Any]:
+        versions = library_versions("datasets", "transformers", "tokenizers", "torch", "PIL", "pyarrow", "numpy")
+        arguments = {
+            "data": self.data_dir,
+            "model": self.model,
+            "chat_template": self.template_name,
+            "train_on": self.options.train_on,
+            "max_length": self.options.max_length,
+            "truncate": self.options.truncate,
+            **executor.describe(),
+        }
+        return {
+            "model": {"name": self.model, "checkpoint": self.options.checkpoint, "family": summary.family},
+            "chat_template": self.template_name,
+            "pixel_storage": self.plan.layout.pixel_storage(),
+            "processor_call": asdict(self.plan.call),
+            "versions": versions,
+            "arguments": arguments,
+            "layout": self.plan.layout.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class TokenizeWorker(BatchWorker[dict, LoadedProcessor]):
+    """Tokenizes batches of normalised rows with the processor, loaded once per process."""
+
+    options: TokenizeOptions
+    call: ProcessorCall
+    layout: TensorLayout
+
+    @property
+    def features(self) -> datasets.Features:
+        return self.layout.features()
+
+    def setup(self) -> LoadedProcessor:
+        return load_processor(self.options.checkpoint)
+
+    def table(self, rows: list[dict[str, Any]]):
+        return rows_to_table(rows, self.features)
+
+    def process(self, batch: list[dict], loaded: LoadedProcessor) -> list[WrittenRow | Reject]:
+        # The next row's images are decoded on another core (Pillow decodes outside the GIL) while this row is tokenized.
+        decode = functools.partial(_decoded_messages, loaded=loaded, call=self.call)
+        return [self._row(row, decoding, loaded) for row, decoding in computed_ahead(decode, batch)]
+
+    def _row(self, row: dict[str, Any], decoding: Future, loaded: LoadedProcessor) -> WrittenRow | Reject:
+        source, row_id = str(row.get("source") or ""), str(row.get("id") or "")
+
+        def work(progress: RowProgress) -> WrittenRow:
+            messages, counts = decoding.result()
+            progress.step = "tokenize"
+            columns = tokenize_row(messages, loaded, self.options, self.call, self.layout)
+            columns.update(id=row_id, source=source)
+            trained = int(np.count_nonzero(columns["labels"] != IGNORE_INDEX))
+            length = int(columns["length"])
+            return WrittenRow(columns, {**counts, "tokens": length, "trained_tokens": trained}, length)
+
+        return guarded(source, row_id, "media", work)
+
+
+def _decoded_messages(row: dict[str, Any], loaded: LoadedProcessor, call: ProcessorCall) -> tuple[list[dict], dict]:
+    messages, images, audios = chat_messages(row, loaded)
+    return call.prepare(messages), {"images": images, "audios": audios}
+
+
+def tokenize_row(
+    messages: list[dict], loaded: LoadedProcessor, options: TokenizeOptions, call: ProcessorCall, layout: TensorLayout
+) -> dict[str, Any]:
+    """One conversation, its media decoded, -> its stored columns (input_ids, labels, length, model tensors).
+
+    Raises:
+        RowError: the processor fails on it, it is too long, or it has nothing to train on.
+    """
+    outputs = call.apply(loaded.processor, messages, options.template)
+    assistant_turns = sum(message["role"] == "assistant" for message in messages)
+    columns = _token_columns(outputs, loaded, options, assistant_turns)
+    columns.update(encode_tensors(outputs, layout))
+    return columns
+
+
+def _percentiles(lengths: Counter) -> dict[str, int]:
+    total = sum(lengths.values())
+    if not total:
+        return {}
+    result, seen, ordered = {}, 0, sorted(lengths.items())
+    wanted = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
+    for length, count in ordered:
+        seen += count
+        while wanted and seen >= wanted[0][1] * total:
+            result[wanted.pop(0)[0]] = length
+    result["min"], result["max"] = ordered[0][0], ordered[-1][0]
+    return result
 
 
 def _check_arguments(train_on, max_length, truncate, num_proc) -> None:
@@ -202,8 +269,7 @@ def _check_arguments(train_on, max_length, truncate, num_proc) -> None:
         raise FatalError(f"--max-length must be at least 1, got {max_length}.")
     if truncate != "none" and max_length is None:
         raise FatalError("--truncate needs --max-length.")
-    if num_proc < 1:
-        raise FatalError(f"--num-proc must be at least 1, got {num_proc}.")
+    check_num_proc(num_proc)
 
 
 def _read_dataset(data_dir: str | Path) -> datasets.Dataset:
@@ -220,89 +286,6 @@ def _read_dataset(data_dir: str | Path) -> datasets.Dataset:
         info.features = datasets.Features({**dataset.features, "images": datasets.List(datasets.Image(decode=False))})
         dataset = datasets.Dataset(dataset.data, info=info, split=dataset.split)
     return dataset
-
-
-def _count(summary: TokenizeSummary, written: list[TokenizedRow], lengths: Counter) -> None:
-    for row in written:
-        length = int(row.columns["length"])
-        lengths[length] += 1
-        summary.rows_written += 1
-        summary.tokens += length
-        summary.trained_tokens += int(np.count_nonzero(row.columns["labels"] != IGNORE_INDEX))
-        summary.images += row.images
-        summary.audios += row.audios
-
-
-def _percentiles(lengths: Counter) -> dict[str, int]:
-    # From a histogram of lengths: memory grows with the number of distinct lengths, not of rows.
-    total = sum(lengths.values())
-    if not total:
-        return {}
-    result, seen, ordered = {}, 0, sorted(lengths.items())
-    wanted = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
-    for length, count in ordered:
-        seen += count
-        while wanted and seen >= wanted[0][1] * total:
-            result[wanted.pop(0)[0]] = length
-    result["min"], result["max"] = ordered[0][0], ordered[-1][0]
-    return result
-
-
-def _threads_per_worker(num_proc: int) -> int | None:
-    # Image processors run torch operations on every core; N workers doing so would run N times as many
-    # threads as there are cores, and lose time switching between them.
-    if num_proc <= 1:
-        return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores // num_proc)
-
-
-def tokenize_batch(rows: list[dict[str, Any]], options: TokenizeOptions, layout: TensorLayout) -> list:
-    """Tokenizes a batch of normalised rows: a pure function, so any engine can run it."""
-    if options.torch_threads is not None and torch.get_num_threads() != options.torch_threads:
-        torch.set_num_threads(options.torch_threads)
-    loaded = _processor(options.checkpoint)
-    # The next row's images are decoded on another core (Pillow decodes outside the GIL) while this row is tokenized.
-    decoding = computed_ahead(functools.partial(_decoded_messages, loaded=loaded, call=options.call), rows)
-    return [tokenize_row(row, decoded, loaded, options, layout) for row, decoded in decoding]
-
-
-def _decoded_messages(row: dict[str, Any], loaded: LoadedProcessor, call: ProcessorCall) -> tuple[list[dict], int, int]:
-    messages, images, audios = chat_messages(row, loaded)
-    return call.prepare(messages), images, audios
-
-
-@functools.lru_cache(maxsize=2)
-def _processor(checkpoint: str) -> LoadedProcessor:
-    # Loaded once per worker process and run; loading per batch would dominate the run time.
-    return load_processor(checkpoint)
-
-
-def tokenize_row(
-    row: dict[str, Any], decoded: Future, loaded: LoadedProcessor, options: TokenizeOptions, layout: TensorLayout
-):
-    """One normalised row -> a TokenizedRow, or the Reject that says why it cannot be written.
-
-    Args:
-        decoded: the row's messages with their media decoded (`_decoded_messages`), under way on a thread.
-    """
-    source, row_id = str(row.get("source") or ""), str(row.get("id") or "")
-    stage = "media"
-    try:
-        messages, images, audios = decoded.result()
-        stage = "tokenize"
-        outputs = options.call.apply(loaded.processor, messages, options.template)
-        assistant_turns = sum(message["role"] == "assistant" for message in messages)
-        columns = _token_columns(outputs, loaded, options, assistant_turns)
-        columns.update(encode_tensors(outputs, layout))
-    except RowError as error:
-        return Reject(source, row_id, stage, str(error))
-    except Exception as error:
-        # A dataset not made by `convert` can hold anything (content that is a string, a part without "type"):
-        # one such row must cost that row, not a run of many hours. The same wording as convert's rejects.
-        return Reject(source, row_id, stage, f"unexpected {type(error).__name__}: {error}")
-    columns.update(id=row_id, source=source)
-    return TokenizedRow(columns, images, audios)
 
 
 def _token_columns(
@@ -393,58 +376,7 @@ def _audio(audios: list, position: int, loaded: LoadedProcessor) -> np.ndarray:
     return np.asarray(clip["array"], dtype=np.float32)
 
 
-def _probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
-    """Two made-up conversations with differently sized images (and audio), to find the layout."""
-    def drawn(width: int, height: int) -> Image.Image:
-        # Stripes through every level in each channel: the checks on pixels see all 256 values.
-        levels = np.add.outer(np.arange(height) * 3, np.arange(width) * 5) % 256
-        return Image.fromarray(np.stack([levels, levels[::-1], 255 - levels], axis=-1).astype(np.uint8))
-
-    def row(images: list[Image.Image], audio_seconds: float | None) -> list[dict]:
-        content = [{"type": "image", "image": image} for image in images]
-        if audio_seconds is not None:
-            content.append({"type": "audio", "audio": np.zeros(int(16000 * audio_seconds), dtype=np.float32)})
-        content.append({"type": "text", "text": "What is this?"})
-        reply = [{"type": "text", "text": "A picture."}]
-        return [{"role": "user", "content": content}, {"role": "assistant", "content": reply}]
-
-    with_audio = "audio" in loaded.family.modalities
-    return [row([drawn(64, 48)], 0.5 if with_audio else None), row([drawn(140, 50), drawn(30, 90)], 1.0 if with_audio else None)]
-
-
-def _probe_outputs(loaded: LoadedProcessor, template: str, conversations: list[list[dict]]) -> list[dict]:
-    try:
-        return [PLAIN_CALL.apply(loaded.processor, messages, template) for messages in conversations]
-    except RowError as error:
-        raise FatalError(f"The processor of {loaded.name!r} cannot tokenize a simple image conversation: {error}") from None
-
-
 def _save_processor(loaded: LoadedProcessor, template: str, folder: Path) -> None:
     # Saved with the template used, so training renders conversations exactly like these shards.
     loaded.processor.chat_template = template
     loaded.processor.save_pretrained(str(folder))
-
-
-def _metadata(data_dir, options: TokenizeOptions, template_name, num_proc, layout, summary) -> str:
-    versions = library_versions("datasets", "transformers", "tokenizers", "torch", "PIL", "pyarrow", "numpy")
-    arguments = {
-        "data": str(data_dir),
-        "model": summary.model,
-        "chat_template": template_name,
-        "train_on": options.train_on,
-        "max_length": options.max_length,
-        "truncate": options.truncate,
-        "num_proc": num_proc,
-    }
-    metadata = {
-        "stage": "tokenize",
-        "model": {"name": summary.model, "checkpoint": options.checkpoint, "family": summary.family},
-        "chat_template": template_name,
-        "pixel_storage": layout.pixel_storage(),
-        "processor_call": asdict(options.call),
-        "versions": versions,
-        "arguments": arguments,
-        "layout": layout.to_dict(),
-        "summary": summary.to_dict(),
-    }
-    return json.dumps(metadata, indent=2, default=str)

@@ -1,0 +1,121 @@
+"""Calibrating tokenize for one processor: how to store each tensor, and the quickest call that stores the same.
+
+Before the first row, tokenize runs two made-up conversations (differently sized images, one then two of them,
+and audio where the family takes it) through the processor's plain call. Their outputs show which tensors the
+processor returns and how their dimensions vary (`vlmdata.shards.probe_layout`), and they are what every
+quicker `ProcessorCall` must reproduce, bit for bit, to be chosen. The result is a `TokenizePlan`, the same in
+every worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlmdata.errors import FatalError, RowError
+from vlmdata.models.loading import LoadedProcessor
+from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
+from vlmdata.shards import TensorLayout, probe_layout
+
+
+@dataclass(frozen=True)
+class TokenizePlan:
+    """How every row of a run is tokenized and stored.
+
+    Attributes:
+        layout: how each processor output is stored in the shards.
+        call: the quickest call whose outputs equal the plain call's on the probe rows.
+    """
+
+    layout: TensorLayout
+    call: ProcessorCall
+
+
+def calibrate(loaded: LoadedProcessor, template: str) -> TokenizePlan:
+    """The plan for `loaded`'s processor with `template`.
+
+    Raises:
+        FatalError: the processor cannot tokenize a simple image conversation.
+    """
+    conversations = probe_conversations(loaded)
+    plain = _probe_outputs(loaded, template, conversations)
+    layout = probe_layout(plain, getattr(loaded.processor, "image_processor", None))
+    codecs = {spec.name: spec.codec for spec in layout.tensors if spec.codec is not None}
+    return TokenizePlan(layout, quickest_call(loaded.processor, template, conversations, plain, codecs))
+
+
+def probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
+    """Two made-up conversations with differently sized images (and audio), to find the layout."""
+    def drawn(width: int, height: int) -> Image.Image:
+        # Stripes through every level in each channel: the checks on pixels see all 256 values.
+        levels = np.add.outer(np.arange(height) * 3, np.arange(width) * 5) % 256
+        return Image.fromarray(np.stack([levels, levels[::-1], 255 - levels], axis=-1).astype(np.uint8))
+
+    def row(images: list[Image.Image], audio_seconds: float | None) -> list[dict]:
+        content = [{"type": "image", "image": image} for image in images]
+        if audio_seconds is not None:
+            content.append({"type": "audio", "audio": np.zeros(int(16000 * audio_seconds), dtype=np.float32)})
+        content.append({"type": "text", "text": "What is this?"})
+        reply = [{"type": "text", "text": "A picture."}]
+        return [{"role": "user", "content": content}, {"role": "assistant", "content": reply}]
+
+    with_audio = "audio" in loaded.family.modalities
+    return [row([drawn(64, 48)], 0.5 if with_audio else None), row([drawn(140, 50), drawn(30, 90)], 1.0 if with_audio else None)]
+
+
+def _probe_outputs(loaded: LoadedProcessor, template: str, conversations: list[list[dict]]) -> list[dict]:
+    try:
+        return [PLAIN_CALL.apply(loaded.processor, messages, template) for messages in conversations]
+    except RowError as error:
+        raise FatalError(f"The processor of {loaded.name!r} cannot tokenize a simple image conversation: {error}") from None
+
+
+def quickest_call(processor, template: str, conversations: list[list[dict]], plain: list[dict], codecs: dict) -> ProcessorCall:
+    """The quickest call that reproduces `plain` (the plain call's outputs for `conversations`).
+
+    Args:
+        codecs: the `PixelCodec` of each output stored as codes, by name; without one, pixels stay floats.
+    """
+    # Quickest first: pixels as codes before floats, then vectorised masks before transformers' loop, then lists
+    # before numpy arrays, then images as arrays before PIL images.
+    pixel_choices = [tuple(codecs), ()] if codecs else [()]
+    candidates = [ProcessorCall(tensors, codes, masks, arrays) for codes in pixel_choices for masks in (True, False)
+                  for tensors in (None, "np") for arrays in (True, False)]
+    if codecs:
+        candidates.append(ProcessorCall("pt", tuple(codecs)))
+    for call in candidates:
+        if _reproduces(call, processor, template, conversations, plain, codecs):
+            return call
+    return PLAIN_CALL
+
+
+def _reproduces(call: ProcessorCall, processor, template, conversations, plain, codecs) -> bool:
+    for messages, expected in zip(conversations, plain):
+        try:
+            outputs = call.apply(processor, messages, template)
+        except RowError:
+            return False
+        if set(outputs) != set(expected):
+            return False
+        for name, tensor in expected.items():
+            got = outputs[name]
+            if name in call.pixel_codes:
+                if got.dtype != torch.uint8 or not _bit_equal(codecs[name].decode(got.numpy()), tensor.float().numpy()):
+                    return False
+            elif not _same(got, tensor):
+                return False
+    return True
+
+
+def _same(got, expected) -> bool:
+    if not torch.is_tensor(expected):
+        return got == expected
+    return torch.is_tensor(got) and got.dtype == expected.dtype and got.shape == expected.shape and torch.equal(got, expected)
+
+
+def _bit_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    # Bit for bit, unlike ==, which takes -0.0 for 0.0.
+    return a.shape == b.shape and np.array_equal(a.astype(np.float32).view(np.uint32), b.astype(np.float32).view(np.uint32))

@@ -1,0 +1,286 @@
+"""One runner for every stage: input batches in, a committed output folder out (docs/architecture.md, "Stages").
+
+A stage (convert, tokenize, or any later one) declares its input batches, a picklable `BatchWorker` that turns
+one batch into written rows and rejects, its output features, and its metadata. `run_stage` owns everything
+else, once for all stages: the folder and its crash-safe commit, background writes, the rejects file and
+`--strict`, the progress bar, timing, `vlmdata.json` and the summary. Every row read is either written or
+rejected with its reason: `rows_read == rows_written + rows_rejected`.
+
+Example:
+    >>> summary = run_stage(ConvertStage(...), "out/normalised", LocalExecutor(2))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+import datasets
+import pyarrow as pa
+from tqdm import tqdm
+
+from vlmdata.accounting import REJECTS_FILE, RejectLog
+from vlmdata.arrow_folder import ArrowFolderWriter
+from vlmdata.errors import FatalError, RowError
+from vlmdata.executors import Executor
+from vlmdata.parallel import InBackground
+from vlmdata.rows import Reject
+
+METADATA_FILE = "vlmdata.json"
+ROWS_PER_BATCH = 16
+MEDIA_COLUMNS = ("images", "audios")
+
+# The step of a row's journey a reject names: reading the source, normalising it, loading or decoding one kind
+# of media, tokenizing, or writing it to Arrow.
+RowStep = Literal["read", "normalise", "image", "audio", "media", "tokenize", "write"]
+
+Row = TypeVar("Row")
+Resources = TypeVar("Resources")
+
+
+@dataclass
+class WrittenRow:
+    """One row a worker wrote: its stored columns, and what it adds to the summary.
+
+    Attributes:
+        columns: the row's values, one per output feature.
+        counts: numbers the summary adds up over rows (`{"images": 2, "tokens": 57}`).
+        length: the row's length in tokens, for the summary's percentiles (stages that have one).
+    """
+
+    columns: dict[str, Any]
+    counts: dict[str, int] = field(default_factory=dict)
+    length: int | None = None
+
+
+@dataclass
+class Tally:
+    """What batches add to a summary; tallies add up in any order, so workers anywhere can count."""
+
+    rows_read: int = 0
+    rows_written: int = 0
+    counts: Counter = field(default_factory=Counter)
+    lengths: Counter = field(default_factory=Counter)  # a histogram: memory grows with distinct lengths, not rows
+
+    def add(self, other: "Tally") -> None:
+        self.rows_read += other.rows_read
+        self.rows_written += other.rows_written
+        self.counts.update(other.counts)
+        self.lengths.update(other.lengths)
+
+
+@dataclass
+class BatchResult:
+    """A batch's written rows as one Arrow table in the stage's features, its rejects in input order, its tally."""
+
+    table: pa.Table
+    rejects: list[Reject]
+    tally: Tally
+
+
+class RowProgress:
+    """The step a row has reached, named by its reject if the row fails there."""
+
+    def __init__(self, step: RowStep):
+        self.step = step
+
+
+def guarded(source: str, row_id: str, first_step: RowStep, work: Callable[[RowProgress], Row]) -> Row | Reject:
+    """`work(progress)`, or the Reject of the row at the step it reached.
+
+    A RowError's message is the reason. Anything else costs the row too, as `unexpected <error>`: inputs meet
+    decoders, processors and templates in ways nobody foresaw, and one such row must not stop a run of hours.
+    """
+    progress = RowProgress(first_step)
+    try:
+        return work(progress)
+    except RowError as error:
+        return Reject(source, row_id, progress.step, str(error))
+    except Exception as error:
+        return Reject(source, row_id, progress.step, f"unexpected {type(error).__name__}: {error}")
+
+
+class BatchWorker(ABC, Generic[Row, Resources]):
+    """Turns a batch of a stage's input rows into a BatchResult; picklable, so any executor can run it.
+
+    Subclasses are frozen dataclasses of their options: `resources()` (a processor, a media loader) is then
+    made once per process and reused for every batch.
+    """
+
+    features: datasets.Features
+
+    @abstractmethod
+    def setup(self) -> Resources:
+        """What every row needs, made once per process."""
+
+    @abstractmethod
+    def process(self, batch: list[Row], resources: Resources) -> list[WrittenRow | Reject]:
+        """One result per input row, in order (each row's work wrapped in `guarded`)."""
+
+    def table(self, rows: list[dict[str, Any]]) -> pa.Table:
+        """The rows' columns as an Arrow table in `features` (rows are in storage form already)."""
+        return pa.Table.from_pylist(rows, schema=self.features.arrow_schema)
+
+    def resources(self) -> Resources:
+        return _resources(self)
+
+    def __call__(self, batch: list[Row]) -> BatchResult:
+        results = self.process(batch, self.resources())
+        table, written, rejects = self._written(results)
+        tally = Tally(rows_read=len(batch), rows_written=len(written))
+        for row in written:
+            tally.counts.update(row.counts)
+            if row.length is not None:
+                tally.lengths[row.length] += 1
+        return BatchResult(table, rejects, tally)
+
+    def _written(self, results: list[WrittenRow | Reject]) -> tuple[pa.Table, list[WrittenRow], list[Reject]]:
+        """The table of the written rows, the rows, and the rejects in input order.
+
+        A value Arrow refuses (text with no UTF-8 form, a number out of range) would fail the whole batch: the
+        batch is tried whole first, and only if that fails each row alone, a row Arrow refuses becoming a reject.
+        """
+        written = [result for result in results if isinstance(result, WrittenRow)]
+        try:
+            table = self.table([row.columns for row in written])
+            return table, written, [result for result in results if isinstance(result, Reject)]
+        except Exception:
+            pass
+        kept, rejects = [], []
+        for result in results:
+            if isinstance(result, WrittenRow):
+                try:
+                    self.table([result.columns])
+                except Exception as error:
+                    source, row_id = str(result.columns.get("source")), str(result.columns.get("id"))
+                    result = Reject(source, row_id, "write", f"cannot be written: {type(error).__name__}: {error}")
+            (kept if isinstance(result, WrittenRow) else rejects).append(result)
+        return self.table([row.columns for row in kept]), kept, rejects
+
+
+@functools.lru_cache(maxsize=4)
+def _resources(worker: BatchWorker):
+    # One set-up per process and run: loading a processor for every batch would dominate the run time.
+    return worker.setup()
+
+
+@dataclass
+class StageSummary:
+    """What a stage run did; `rows_read == rows_written + rows_rejected` always holds.
+
+    Attributes:
+        media: media items written, by column (`{"images": 4, "audios": 1}`).
+    """
+
+    out_dir: str
+    rows_read: int = 0
+    rows_written: int = 0
+    media: Counter = field(default_factory=Counter)
+    rejects_by_reason: Counter = field(default_factory=Counter)
+    output_bytes: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(self.rejects_by_reason.values())
+
+    def take(self, tally: Tally) -> None:
+        """Fills the counts from the run's tally; stages with more counts extend this."""
+        self.rows_read, self.rows_written = tally.rows_read, tally.rows_written
+        self.media = Counter({name: tally.counts.get(name, 0) for name in MEDIA_COLUMNS})
+
+    def to_dict(self) -> dict[str, Any]:
+        # Not `asdict`, which rebuilds a Counter from its items, counting them.
+        summary = {item.name: getattr(self, item.name) for item in fields(self) if item.name not in ("media", "rejects_by_reason")}
+        summary.update(self.media)
+        summary["rows_rejected"] = self.rows_rejected
+        summary["rejects_by_reason"] = dict(self.rejects_by_reason.most_common())
+        return summary
+
+
+Summary = TypeVar("Summary", bound=StageSummary)
+
+
+class Stage(ABC, Generic[Summary]):
+    """What a stage declares; `run_stage` does the rest."""
+
+    name: str
+
+    @abstractmethod
+    def batches(self) -> Iterable[list]:
+        """The input, in batches of ROWS_PER_BATCH rows, in a fixed order."""
+
+    @abstractmethod
+    def worker(self, scratch_dir: Path) -> BatchWorker:
+        """The batch worker; `scratch_dir` is the run's folder for temporary files (downloads)."""
+
+    @abstractmethod
+    def summary(self, out_dir: str) -> Summary:
+        """An empty summary of this stage's kind."""
+
+    @abstractmethod
+    def metadata(self, summary: Summary, executor: Executor) -> dict[str, Any]:
+        """What `vlmdata.json` records besides the stage's name and its summary."""
+
+    @abstractmethod
+    def features(self) -> datasets.Features:
+        """The output's features."""
+
+    def total_rows(self) -> int | None:
+        """The rows to read, if known before reading (for the progress bar)."""
+        return None
+
+    def before_commit(self, writer: ArrowFolderWriter) -> None:
+        """Adds the stage's own files to the output before it is committed (the processor of tokenize)."""
+
+
+def run_stage(
+    stage: Stage[Summary],
+    out_dir: str | Path,
+    executor: Executor,
+    *,
+    strict: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Runs `stage` with `executor` into `out_dir`, which appears only once complete.
+
+    Raises:
+        FatalError: with `strict`, at the first rejected row, naming it; or when the run cannot go on.
+    """
+    started = time.monotonic()
+    summary = stage.summary(str(out_dir))
+    tally = Tally()
+    with ArrowFolderWriter(out_dir, stage.features(), overwrite=overwrite) as writer:
+        worker = stage.worker(writer.scratch_dir)
+        with RejectLog(writer.path_of(REJECTS_FILE), strict) as rejects, InBackground() as background, tqdm(
+            total=stage.total_rows(), desc=stage.name, unit=" rows", disable=not progress, dynamic_ncols=True
+        ) as bar:
+            for result in executor.map(worker, stage.batches()):
+                for reject in result.rejects:
+                    rejects.add(reject)
+                # Written on a thread of its own, outside the GIL mostly, while the next batch is worked on.
+                background.submit(writer.write_table, result.table)
+                tally.add(result.tally)
+                bar.update(result.tally.rows_read)
+                bar.set_postfix(rejected=rejects.count, refresh=False)
+        summary.take(tally)
+        summary.rejects_by_reason = rejects.by_reason
+        summary.output_bytes = writer.finish_shards()
+        summary.elapsed_s = round(time.monotonic() - started, 3)
+        stage.before_commit(writer)
+        metadata = {"stage": stage.name, **stage.metadata(summary, executor), "summary": summary.to_dict()}
+        writer.add_file(METADATA_FILE, json.dumps(metadata, indent=2, default=str))
+    return summary
+
+
+def check_num_proc(num_proc: int) -> None:
+    if num_proc < 1:
+        raise FatalError(f"--num-proc must be at least 1, got {num_proc}.")
