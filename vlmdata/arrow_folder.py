@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
 PARTIAL_SUFFIX = ".partial"
 STATE_FILE = "state.json"  # written last: its presence marks a finished output
+METADATA_FILE = "vlmdata.json"  # what made an output folder, and its summary: every stage's, train's too
 PREVIOUS_SUFFIX = ".previous"
 
 

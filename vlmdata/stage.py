@@ -27,13 +27,12 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from vlmdata.accounting import REJECTS_FILE, RejectLog
-from vlmdata.arrow_folder import ArrowFolderWriter
+from vlmdata.arrow_folder import METADATA_FILE, ArrowFolderWriter
 from vlmdata.errors import FatalError, RowError
 from vlmdata.executors import Executor
 from vlmdata.parallel import InBackground
 from vlmdata.rows import Reject
 
-METADATA_FILE = "vlmdata.json"
 ROWS_PER_BATCH = 16
 MEDIA_COLUMNS = ("images", "audios")
 
