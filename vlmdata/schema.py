@@ -11,7 +11,7 @@ Example:
     ...         {"role": "user", "content": "What is this?"},
     ...         {"role": "assistant", "content": "A bee."},
     ...     ],
-    ...     "images": [{"path": "bee.jpg"}],
+    ...     "images": ["bee.jpg"],
     ... })
     >>> conversation.messages[0]["content"]
     [{'type': 'image', 'text': None}, {'type': 'text', 'text': 'What is this?'}]
