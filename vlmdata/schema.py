@@ -54,8 +54,12 @@ NORMALISED_FEATURES = datasets.Features(
 def undecoded_features(features: datasets.Features) -> datasets.Features:
     """`features` with each media column it has read as stored (images as {bytes, path}, not PIL images):
     what `vlmdata.modalities.processor_messages` takes."""
-    media = [modality for modality in MODALITIES if modality.column in features]
-    return datasets.Features({**features, **{m.column: datasets.List(m.undecoded_feature) for m in media}})
+    as_stored = {
+        modality.column: datasets.List(modality.undecoded_feature)
+        for modality in MODALITIES
+        if modality.column in features
+    }
+    return datasets.Features({**features, **as_stored})
 
 
 @dataclass
