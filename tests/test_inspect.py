@@ -167,3 +167,25 @@ def test_cli_writes_a_page_of_the_rows_drawn_with_n_and_seed(data, tmp_path):
     assert f"HTML preview of 2 rows -> {page}" in result.output
     ids = datasets.load_from_disk(str(data.shards))["id"]
     assert [card.attrs["data-id"] for card in _cards(page)] == [ids[position] for position in choose(len(ids), 2, 1)]
+
+
+def test_a_dataset_without_media_columns_counts_no_media_and_draws_no_media_histogram(tmp_path):
+    from vlmdata.inspect.report import histograms, summary_rows
+
+    reply = {"role": "assistant", "content": [{"type": "text", "text": "Hi."}]}
+    rows = [{"messages": [{"role": "user", "content": [{"type": "text", "text": "Hello?"}]}, reply],
+             "id": f"row-{number}", "source": "made elsewhere"} for number in range(3)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "data"))
+
+    result = inspect(tmp_path / "data", html=tmp_path / "page.html")
+
+    statistics = result.statistics
+    assert statistics.rows == 3
+    assert statistics.media.per_row == {"image": Counter({0: 3}), "audio": Counter({0: 3})}
+    assert [pair for pair in summary_rows(statistics) if pair[0] in ("images", "audio clips")] == [
+        ("images", "0"), ("audio clips", "0")]
+    assert histograms(statistics) == []
+    for card in _cards(result.page):
+        details = dict(zip((dt.text() for dt in card.find_all("dt")), (dd.text() for dd in card.find_all("dd"))))
+        assert (details["images"], details["audio clips"]) == ("0", "0")
+        assert not card.find_all("img")

@@ -1,10 +1,12 @@
 """Normalisation rules of the seeds' "Dataset Format", one test per rule."""
 
+import datasets
+import pyarrow as pa
 import pytest
 from PIL import Image
 
 from vlmdata.errors import RowError
-from vlmdata.schema import normalise
+from vlmdata.schema import NORMALISED_FEATURES, normalise, undecoded_features
 
 
 def user(*content):
@@ -23,6 +25,7 @@ def test_string_content_becomes_one_text_part():
     conversation = normalise({"messages": [{"role": "user", "content": "Hi"}, assistant("Hello")]})
     assert texts(conversation) == [("user", [("text", "Hi")]), ("assistant", [("text", "Hello")])]
     assert conversation.images == [] and conversation.audios == []
+    assert conversation.media == {"image": [], "audio": []}
 
 
 def test_media_payloads_move_out_of_the_messages_in_reading_order():
@@ -45,6 +48,7 @@ def test_media_payloads_move_out_of_the_messages_in_reading_order():
         {"image": {"bytes": b"x", "path": None}},
     ]
     assert conversation.audios == [{"path": "s.wav"}]
+    assert conversation.media == {"image": conversation.images, "audio": conversation.audios}
     assert texts(conversation)[1] == ("user", [("text", "Compare"), ("image", None), ("image", None)])
     assert texts(conversation)[3] == ("user", [("audio", None), ("image", None)])
 
@@ -142,6 +146,60 @@ def test_openai_image_url_and_input_audio_parts_are_understood():
     )
     assert conversation.images == [{"url": "https://h/a.png"}, {"base64": "data:image/png;base64,AAAA"}]
     assert conversation.audios == [{"base64": "UklGRg=="}]
+
+
+def test_a_part_without_type_is_typed_by_its_keys():
+    conversation = normalise({"messages": [
+        user({"path": "a.jpg"}, {"audio": {"path": "s.wav"}}, {"image": {"bytes": b"x", "path": None}},
+             {"url": "https://h/b.png", "text": "a caption"}),
+        assistant(),
+    ]})
+    assert conversation.images == [{"path": "a.jpg"}, {"image": {"bytes": b"x", "path": None}}]
+    assert conversation.audios == [{"audio": {"path": "s.wav"}}]
+    assert texts(conversation)[0][1][-1] == ("text", "a caption")
+    # The kind's own key types the part; an address beside it is a second source, not a second kind.
+    with pytest.raises(RowError, match="audio part has several sources"):
+        normalise({"messages": [user({"audio": "s.wav", "path": "t.wav"}), assistant()]})
+
+
+def test_a_part_without_type_holding_two_kinds_is_rejected():
+    with pytest.raises(RowError, match="part 0: the part has no type and holds image and audio; give its type"):
+        normalise({"messages": [user({"image": "a.jpg", "audio": "s.wav"}), assistant()]})
+
+
+def test_each_kind_reads_its_own_columns():
+    clip = {"array": [0.0, 0.5], "sampling_rate": 16000}
+    conversation = normalise({
+        "messages": [user({"type": "audio"}, {"type": "image"}, {"type": "audio"}), assistant()],
+        "image": b"png bytes",
+        "audio": [clip, b"wav bytes"],
+    })
+    assert conversation.images == [{"image": {"bytes": b"png bytes", "path": None}}]
+    # Raw bytes in an audio column are audio, not an image.
+    assert conversation.audios == [{"audio": clip}, {"audio": {"bytes": b"wav bytes", "path": None}}]
+
+
+def test_more_bare_audio_parts_than_clips_names_the_audios_column():
+    with pytest.raises(RowError, match="2 audio parts have no audio of their own but the audios column has 1"):
+        normalise({"messages": [user({"type": "audio"}, {"type": "audio"}), assistant()], "audios": ["s.wav"]})
+
+
+def test_the_normalised_features_are_the_arrow_schema_convert_writes_and_tokenize_reads():
+    expected = pa.schema([
+        ("messages", pa.list_(pa.struct([("role", pa.string()),
+                                         ("content", pa.list_(pa.struct([("type", pa.string()), ("text", pa.string())])))]))),
+        ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
+        ("audios", pa.list_(pa.struct([("array", pa.list_(pa.float32())), ("sampling_rate", pa.int32())]))),
+        ("id", pa.string()),
+        ("source", pa.string()),
+    ])
+    assert NORMALISED_FEATURES.arrow_schema.equals(expected)
+    assert NORMALISED_FEATURES["images"] == datasets.List(datasets.Image())
+    undecoded = undecoded_features(NORMALISED_FEATURES)
+    assert undecoded["images"] == datasets.List(datasets.Image(decode=False))
+    assert undecoded.arrow_schema.equals(expected) and list(undecoded) == list(NORMALISED_FEATURES)
+    # A dataset with only some media columns keeps just those.
+    assert list(undecoded_features(datasets.Features({"messages": NORMALISED_FEATURES["messages"]}))) == ["messages"]
 
 
 def test_role_aliases_are_mapped():

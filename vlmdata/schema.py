@@ -1,8 +1,9 @@
 """The message schema: turns a reader's record into one normalised conversation, or says why it cannot.
 
-The normalised form (DESIGN.md section 2) keeps the conversation's text and the position of every media part,
-and moves the media payloads out of the messages into two ordered lists: the k-th image part of the
-conversation, in reading order, is ``images[k]``; likewise for audio.
+The normalised form keeps the conversation's text and the position of every media part, and moves the media
+payloads out of the messages into one ordered list per kind (`vlmdata.modalities`): the k-th image part of
+the conversation, in reading order, is ``media["image"][k]``; likewise for audio. `NORMALISED_FEATURES` is
+the normalised dataset convert writes and tokenize reads.
 
 Example:
     >>> conversation = normalise({
@@ -10,7 +11,7 @@ Example:
     ...         {"role": "user", "content": "What is this?"},
     ...         {"role": "assistant", "content": "A bee."},
     ...     ],
-    ...     "images": [{"path": "bee.jpg"}],
+    ...     "images": ["bee.jpg"],
     ... })
     >>> conversation.messages[0]["content"]
     [{'type': 'image', 'text': None}, {'type': 'text', 'text': 'What is this?'}]
@@ -23,16 +24,42 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import datasets
+
 from vlmdata.errors import RowError
+from vlmdata.media.loader import ADDRESS_KEYS
+from vlmdata.modalities import KINDS, MODALITIES, Modality, modality
 
 ROLES = ("system", "user", "assistant", "tool")
 # Role names other formats use for the same thing.
 ROLE_ALIASES = {"human": "user", "gpt": "assistant", "model": "assistant", "function": "tool"}
 
-MEDIA_TYPES = ("image", "audio")
-PAYLOAD_KEYS = {"image": ("image", "path", "url", "base64"), "audio": ("audio", "path", "url", "base64")}
-# Columns that hold media for bare {"type": "image"} parts, plural first (the seeds' backward-compatible rule).
-MEDIA_COLUMNS = {"image": ("images", "image"), "audio": ("audios", "audio")}
+MESSAGES_FEATURE = datasets.List(
+    {
+        "role": datasets.Value("string"),
+        "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")}),
+    }
+)
+# The columns of the normalised dataset: messages, one column per modality in reading order, id, source.
+NORMALISED_FEATURES = datasets.Features(
+    {
+        "messages": MESSAGES_FEATURE,
+        **{modality.column: datasets.List(modality.feature) for modality in MODALITIES},
+        "id": datasets.Value("string"),
+        "source": datasets.Value("string"),
+    }
+)
+
+
+def undecoded_features(features: datasets.Features) -> datasets.Features:
+    """`features` with each media column it has read as stored (images as {bytes, path}, not PIL images):
+    what `vlmdata.modalities.processor_messages` takes."""
+    as_stored = {
+        modality.column: datasets.List(modality.undecoded_feature)
+        for modality in MODALITIES
+        if modality.column in features
+    }
+    return datasets.Features({**features, **as_stored})
 
 
 @dataclass
@@ -41,23 +68,31 @@ class Conversation:
 
     Attributes:
         messages: ``[{"role": str, "content": [{"type": str, "text": str | None}]}]``; media parts carry no payload.
-        images: the payload of each image part in reading order, e.g. ``{"path": "a.jpg"}`` or ``{"image": PIL}``.
-        audios: the payload of each audio part in reading order.
+        media: for each kind (`vlmdata.modalities.KINDS`), the payload of each part of that kind in reading
+            order, e.g. ``{"image": [{"path": "a.jpg"}, {"image": PIL}], "audio": []}``.
     """
 
     messages: list[dict[str, Any]]
-    images: list[dict[str, Any]] = field(default_factory=list)
-    audios: list[dict[str, Any]] = field(default_factory=list)
+    media: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {kind: [] for kind in KINDS})
+
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        return self.media["image"]
+
+    @property
+    def audios(self) -> list[dict[str, Any]]:
+        return self.media["audio"]
 
 
 def normalise(record: dict[str, Any]) -> Conversation:
     """Normalises one record of the extended OpenAI message format.
 
     Args:
-        record: a row with ``messages`` and optionally ``images``/``image`` and ``audios``/``audio`` columns.
+        record: a row with ``messages`` and optionally media columns (each modality's `source_columns`:
+            ``images``/``image``, ``audios``/``audio``).
 
     Returns:
-        The conversation, with every media part's payload in ``images`` / ``audios``.
+        The conversation, with every media part's payload in ``media``.
 
     Raises:
         RowError: the row cannot be used; the message says which message or part and why.
@@ -71,8 +106,8 @@ def normalise(record: dict[str, Any]) -> Conversation:
         raise RowError("messages is empty")
 
     parsed = [_parse_message(i, message) for i, message in enumerate(messages)]
-    for kind in MEDIA_TYPES:
-        _fill_from_column(parsed, kind, _media_column(record, kind))
+    for modality in MODALITIES:
+        _fill_from_column(parsed, modality, _media_column(record, modality))
     if not any(message["role"] == "assistant" for message in parsed):
         raise RowError("the conversation has no assistant message")
 
@@ -84,8 +119,7 @@ def normalise(record: dict[str, Any]) -> Conversation:
                 content.append({"type": "text", "text": part["text"]})
             else:
                 content.append({"type": part["type"], "text": None})
-                media = conversation.images if part["type"] == "image" else conversation.audios
-                media.append(part["payload"])
+                conversation.media[part["type"]].append(part["payload"])
         conversation.messages.append({"role": message["role"], "content": content})
     return conversation
 
@@ -121,16 +155,17 @@ def _parse_part(where: str, part: Any) -> dict[str, Any]:
     if not isinstance(part, dict):
         raise RowError(f"{where} is a {type(part).__name__}, expected an object with a type")
     part = _openai_part_to_extended(_drop_nulls(part))
-    kind = part.get("type") or _infer_type(part)
+    kind = part.get("type") or _infer_type(where, part)
     if kind == "text":
         text = part.get("text")
         if not isinstance(text, str):
             raise RowError(f"{where}: text is {_describe(text)}, expected a string")
         return {"type": "text", "text": text}
-    if kind not in MEDIA_TYPES:
-        raise RowError(f"{where}: unsupported part type {kind!r} (expected text, image or audio)")
+    if kind not in KINDS:
+        expected = f"text, {', '.join(KINDS[:-1])} or {KINDS[-1]}"
+        raise RowError(f"{where}: unsupported part type {kind!r} (expected {expected})")
 
-    payload = {key: part[key] for key in PAYLOAD_KEYS[kind] if key in part}
+    payload = {key: part[key] for key in modality(kind).payload_keys if key in part}
     if len(payload) > 1:
         raise RowError(f"{where}: {kind} part has several sources ({', '.join(payload)}); give exactly one")
     index = part.get("index")
@@ -154,48 +189,39 @@ def _openai_part_to_extended(part: dict[str, Any]) -> dict[str, Any]:
     return part
 
 
-def _infer_type(part: dict[str, Any]) -> str | None:
+def _infer_type(where: str, part: dict[str, Any]) -> str | None:
+    """The type of a part that states none: text, the kind whose own key it has ({"audio": ...}), or the kind
+    that takes bare addresses ({"path": "a.jpg"} is an image)."""
     if "text" in part:
         return "text"
-    if "audio" in part:
-        return "audio"
-    if any(key in part for key in PAYLOAD_KEYS["image"]):
-        return "image"
+    named = [modality.kind for modality in MODALITIES if modality.kind in part]
+    if len(named) > 1:
+        raise RowError(f"{where}: the part has no type and holds {' and '.join(named)}; give its type")
+    if named:
+        return named[0]
+    if any(key in part for key in ADDRESS_KEYS):
+        return next(modality.kind for modality in MODALITIES if modality.takes_bare_addresses)
     return None
 
 
-def _media_column(record: dict[str, Any], kind: str) -> list[Any]:
-    for name in MEDIA_COLUMNS[kind]:
+def _media_column(record: dict[str, Any], modality: Modality) -> list[Any]:
+    for name in modality.source_columns:
         value = record.get(name)
         if value is None:
             continue
         values = list(value) if isinstance(value, (list, tuple)) else [value]
-        return [_column_value_to_payload(v) for v in values if v is not None]
+        return [modality.payload_from_column_value(v) for v in values if v is not None]
     return []
 
 
-def _column_value_to_payload(value: Any) -> dict[str, Any]:
-    """A media column holds PIL images, {bytes, path} dicts, arrays, raw bytes, or strings naming the media."""
-    if isinstance(value, str):
-        if value.startswith(("http://", "https://")):
-            return {"url": value}
-        if value.startswith("data:"):
-            return {"base64": value}
-        return {"path": value}
-    if isinstance(value, (bytes, bytearray)):
-        return {"image": {"bytes": bytes(value), "path": None}}
-    if isinstance(value, dict) and "array" in value:
-        return {"audio": value}
-    return {"image": value}
-
-
-def _fill_from_column(messages: list[dict[str, Any]], kind: str, column: list[dict[str, Any]]) -> None:
+def _fill_from_column(messages: list[dict[str, Any]], modality: Modality, column: list[dict[str, Any]]) -> None:
     """Gives each payload-less media part its media from the row's column.
 
     Parts with an ``index`` (the llava-instruct-mix layout) take that entry; the other bare parts take the
     entries no index claimed, in order. Entries still unclaimed are placed at the start of the first user
     message, so that every image of the row is used.
     """
+    kind = modality.kind
     parts = [p for m in messages for p in m["content"] if p["type"] == kind]
     bare = [p for p in parts if p["payload"] is None]
     claimed = set()
@@ -204,7 +230,7 @@ def _fill_from_column(messages: list[dict[str, Any]], kind: str, column: list[di
             if not 0 <= part["index"] < len(column):
                 raise RowError(
                     f"{part['where']}: {kind} index {part['index']} is out of range "
-                    f"(the {MEDIA_COLUMNS[kind][0]} column has {len(column)})"
+                    f"(the {modality.column} column has {len(column)})"
                 )
             part["payload"] = column[part["index"]]
             claimed.add(part["index"])
@@ -212,7 +238,7 @@ def _fill_from_column(messages: list[dict[str, Any]], kind: str, column: list[di
     in_order = [p for p in bare if p["index"] is None]
     if len(in_order) > len(unclaimed):
         raise RowError(
-            f"{len(bare)} {kind} parts have no {kind} of their own but the {MEDIA_COLUMNS[kind][0]} column "
+            f"{len(bare)} {kind} parts have no {kind} of their own but the {modality.column} column "
             f"has {len(column)}"
         )
     for part, entry in zip(in_order, unclaimed):

@@ -15,6 +15,7 @@ from vlmdata.inspect.samples import Card
 from vlmdata.inspect.stats import Statistics
 from vlmdata.inspect.svg import bar_chart
 from vlmdata.inspect.tokens import MEDIA, Span
+from vlmdata.modalities import KINDS
 
 POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
@@ -129,7 +130,7 @@ def _span(span: Span) -> str:
 def _message(role: str, content: list[tuple[str, str]]) -> str:
     parts = []
     for kind, text in content:
-        if kind in ("image", "audio"):
+        if kind in KINDS:
             parts.append(f'<span class="chip">[{escape(text)}]</span>')
         else:
             parts.append(f'<span class="text">{escape(text)}</span>')

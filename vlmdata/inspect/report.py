@@ -7,7 +7,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 from vlmdata.inspect.detect import SHARDS
-from vlmdata.inspect.stats import Statistics
+from vlmdata.inspect.stats import MediaCounts, Statistics
+from vlmdata.modalities import MODALITIES, Modality
 
 LENGTH_BINS = 30
 BAR_WIDTH = 30
@@ -46,25 +47,33 @@ def _media_rows(statistics: Statistics) -> list[tuple[str, str]]:
     media = statistics.media
     rows = []
     if media is not None:
-        unreadable = f" ({media.unreadable_images} unreadable)" if media.unreadable_images else ""
-        rows.append(("images", f"{media.images}{unreadable}"))
-        sizes = media.size_range()
-        if sizes:
-            rows.append(("image sizes", " · ".join(f"{name} {w}×{h}" for name, (w, h) in sizes.items())))
-        rows.append(("audio clips", str(media.audios)))
+        for modality in MODALITIES:
+            rows.extend(_modality_rows(media, modality))
     if statistics.media_note:
         rows.append(("media", statistics.media_note))
     return rows
 
 
+def _modality_rows(media: MediaCounts, modality: Modality) -> list[tuple[str, str]]:
+    count = media.count(modality.kind)
+    if not modality.pictures:
+        return [(modality.label, str(count))]
+    unreadable = f" ({media.unreadable_images} unreadable)" if media.unreadable_images else ""
+    rows = [(modality.label, f"{count}{unreadable}")]
+    sizes = media.size_range()
+    if sizes:
+        rows.append(("image sizes", " · ".join(f"{name} {w}×{h}" for name, (w, h) in sizes.items())))
+    return rows
+
+
 def histograms(statistics: Statistics) -> list[Histogram]:
-    """Images and audio clips per row, and token lengths (binned) for shards."""
+    """Media items per row, of each kind the data has, and token lengths (binned) for shards."""
     result = []
     media = statistics.media
     if media is not None and statistics.rows:
-        result.append(Histogram("images per row", _counted(media.images_per_row)))
-        if media.audios:
-            result.append(Histogram("audio clips per row", _counted(media.audios_per_row)))
+        for modality in MODALITIES:
+            if media.count(modality.kind):
+                result.append(Histogram(f"{modality.label} per row", _counted(media.per_row[modality.kind])))
     if statistics.lengths:
         result.append(Histogram("token length", length_bins(statistics.lengths)))
     return result

@@ -18,7 +18,12 @@ from vlmdata.inspect.columns import count_rows, find_ids, find_keys, rows_at
 from vlmdata.inspect.detect import REJECTS, SHARDS, Target, input_data
 from vlmdata.inspect.images import Thumbnail, thumbnail
 from vlmdata.inspect.tokens import TRAINED, Span, has_closing_token, image_length, media_token_names, token_spans
+from vlmdata.modalities import KINDS, MODALITIES
 from vlmdata.models.registry import FAMILIES
+
+# The kinds whose items the cards show as thumbnails, and the columns that hold them.
+PICTURES = [modality for modality in MODALITIES if modality.pictures]
+PICTURE_COLUMNS = [modality.column for modality in PICTURES]
 
 
 @dataclass
@@ -29,10 +34,10 @@ class Card:
         position: the row's position in the dataset, or its line number in a rejects file.
         unit: what `position` counts: "row" or "line".
         id, source: where the row came from.
-        details: (label, value) pairs shown under the title: tokens, stage, reason...
-        thumbnails: the row's images.
-        messages: a normalised row's conversation: (role, [(part type, text)]); image and audio parts have
-            their number in place of text.
+        details: (label, value) pairs shown under the title: tokens, stage, reason, media counts...
+        thumbnails: the row's pictures (its images).
+        messages: a normalised row's conversation: (role, [(part type, text)]); media parts have their kind
+            and number in place of text ("image 2").
         spans: a shard row's tokens.
         note: what could not be shown, and why.
     """
@@ -64,12 +69,16 @@ def build_cards(target: Target, n: int = 16, seed: int = 0, ids: list[str] | Non
     positions = find_ids(target.data_files, ids) if ids else choose(count_rows(target.data_files), n, seed)
     if target.kind == SHARDS:
         return _shard_cards(target, positions)
-    rows = rows_at(target.data_files, positions, ["messages", "images", "id", "source"])
+    rows = rows_at(target.data_files, positions, ["messages", *PICTURE_COLUMNS, "id", "source"])
     return [_normalised_card(position, rows[position]) for position in positions]
 
 
+def _thumbnails(row: dict[str, Any]) -> list[Thumbnail]:
+    return [thumbnail(item) for modality in PICTURES for item in row.get(modality.column) or []]
+
+
 def _normalised_card(position: int, row: dict[str, Any]) -> Card:
-    counts = {"image": 0, "audio": 0}
+    counts = dict.fromkeys(KINDS, 0)
     messages = []
     for message in row["messages"] or []:
         parts = []
@@ -81,9 +90,8 @@ def _normalised_card(position: int, row: dict[str, Any]) -> Card:
             else:
                 parts.append((kind, part.get("text") or ""))
         messages.append((message["role"], parts))
-    images = row.get("images") or []
-    details = [("images", str(len(images))), ("audio clips", str(counts["audio"]))]
-    return Card(position, str(row["id"]), str(row["source"]), details, [thumbnail(image) for image in images], messages)
+    details = [(modality.label, str(counts[modality.kind])) for modality in MODALITIES]
+    return Card(position, str(row["id"]), str(row["source"]), details, _thumbnails(row), messages)
 
 
 def _shard_cards(target: Target, positions: list[int]) -> list[Card]:
@@ -130,13 +138,13 @@ def _add_input_images(target: Target, cards: list[Card]) -> None:
             card.note = "images not shown: the input data recorded in vlmdata.json was not found"
         return
     positions = find_keys(source.data_files, {(card.source, card.id) for card in cards})
-    rows = rows_at(source.data_files, positions.values(), ["images"])
+    rows = rows_at(source.data_files, positions.values(), PICTURE_COLUMNS)
     for card in cards:
         position = positions.get((card.source, card.id))
         if position is None:
             card.note = f"images not shown: row not found in the input data {str(source.path)!r}"
         else:
-            card.thumbnails = [thumbnail(image) for image in rows[position]["images"] or []]
+            card.thumbnails = _thumbnails(rows[position])
 
 
 def _reject_cards(target: Target, n: int, seed: int, ids: list[str] | None) -> list[Card]:

@@ -28,33 +28,46 @@ from vlmdata.inspect.columns import batches, count_rows, list_lengths
 from vlmdata.inspect.detect import NORMALISED, REJECTS, SHARDS, Target, input_data
 from vlmdata.inspect.images import header_sizes
 from vlmdata.labels import IGNORE_INDEX
+from vlmdata.modalities import KINDS, MODALITIES
 
 PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
 
 @dataclass
 class MediaCounts:
-    """Images and audio clips of a set of rows.
+    """The media items of a set of rows, for each kind of `vlmdata.modalities.MODALITIES`.
 
     Attributes:
-        images_per_row: how many rows have each number of images.
-        audios_per_row: how many rows have each number of audio clips.
-        image_sizes: how many images have each (width, height).
-        unreadable_images: images whose header cannot be read.
+        rows: how many rows were counted.
+        per_row: for each kind, how many rows have each number of items of that kind.
+        image_sizes: how many pictures (images) have each (width, height).
+        unreadable_images: pictures whose header cannot be read.
     """
 
-    images_per_row: Counter = field(default_factory=Counter)
-    audios_per_row: Counter = field(default_factory=Counter)
+    rows: int = 0
+    per_row: dict[str, Counter] = field(default_factory=lambda: {kind: Counter() for kind in KINDS})
     image_sizes: Counter = field(default_factory=Counter)
     unreadable_images: int = 0
 
+    def count(self, kind: str) -> int:
+        """How many items of `kind` the rows hold."""
+        return sum(count * rows for count, rows in self.per_row[kind].items())
+
+    @property
+    def images_per_row(self) -> Counter:
+        return self.per_row["image"]
+
+    @property
+    def audios_per_row(self) -> Counter:
+        return self.per_row["audio"]
+
     @property
     def images(self) -> int:
-        return sum(count * rows for count, rows in self.images_per_row.items())
+        return self.count("image")
 
     @property
     def audios(self) -> int:
-        return sum(count * rows for count, rows in self.audios_per_row.items())
+        return self.count("audio")
 
     def size_range(self) -> dict[str, tuple[int, int]]:
         """The smallest, median and largest image size, ordered by pixel count; {} without images."""
@@ -124,7 +137,7 @@ def collect(target: Target, progress: bool = False) -> Statistics:
     with tqdm(total=count_rows(target.data_files), desc="inspect", unit=" rows", disable=not progress) as bar:
         if target.kind == NORMALISED:
             statistics.media = count_media(target.data_files, bar.update)
-            statistics.rows = sum(statistics.media.images_per_row.values())
+            statistics.rows = statistics.media.rows
         elif target.kind == SHARDS:
             _count_tokens(target, statistics, bar.update)
             _count_shard_media(target, statistics)
@@ -148,7 +161,7 @@ def read_rejects(file: Path) -> Counter:
 
 
 def count_media(files, advance=None, keep: Iterator[tuple[str, str]] | None = None) -> MediaCounts | None:
-    """Counts the images and audio clips of a normalised dataset's rows.
+    """Counts the media items of a normalised dataset's rows, and reads the sizes of its pictures.
 
     Args:
         files: the dataset's Arrow files.
@@ -160,25 +173,34 @@ def count_media(files, advance=None, keep: Iterator[tuple[str, str]] | None = No
     """
     media = MediaCounts()
     pending = next(keep, None) if keep is not None else None
-    for batch in batches(files, ["images", "audios", "source", "id"]):
-        names = batch.schema.names
-        images = list_lengths(batch.column("images")) if "images" in names else [0] * batch.num_rows
-        audios = list_lengths(batch.column("audios")) if "audios" in names else [0] * batch.num_rows
-        sizes = iter(header_sizes(batch.column("images")) if "images" in names else [])
+    pictures = [modality for modality in MODALITIES if modality.pictures]
+    for batch in batches(files, [*(modality.column for modality in MODALITIES), "source", "id"]):
+        lengths = {modality.kind: _lengths(batch, modality.column) for modality in MODALITIES}
+        sizes = {modality.kind: iter(_sizes(batch, modality.column)) for modality in pictures}
         keys = zip(batch.column("source").to_pylist(), batch.column("id").to_pylist()) if keep is not None else None
         for row in range(batch.num_rows):
-            row_sizes = [next(sizes) for _ in range(images[row])]
+            row_sizes = [next(sizes[kind]) for kind in sizes for _ in range(lengths[kind][row])]
             if keep is not None:
                 if next(keys) != pending:
                     continue
                 pending = next(keep, None)
-            media.images_per_row[images[row]] += 1
-            media.audios_per_row[audios[row]] += 1
+            media.rows += 1
+            for kind, counts in lengths.items():
+                media.per_row[kind][counts[row]] += 1
             media.image_sizes.update(size for size in row_sizes if size is not None)
             media.unreadable_images += sum(size is None for size in row_sizes)
         if advance is not None:
             advance(batch.num_rows)
     return media if keep is None or pending is None else None
+
+
+def _lengths(batch, column: str) -> list[int]:
+    # A dataset made elsewhere may lack a kind's column: its rows have none of that kind.
+    return list_lengths(batch.column(column)) if column in batch.schema.names else [0] * batch.num_rows
+
+
+def _sizes(batch, column: str) -> list[tuple[int, int] | None]:
+    return header_sizes(batch.column(column)) if column in batch.schema.names else []
 
 
 def _count_tokens(target: Target, statistics: Statistics, advance) -> None:

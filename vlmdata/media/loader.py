@@ -18,12 +18,12 @@ from vlmdata.media.files import read_media_file, resolve_media_path
 from vlmdata.media.images import prepare_image, prepare_pil_image
 from vlmdata.media.options import MediaOptions
 
-IMAGE_KEYS = ("image", "path", "url", "base64")
-AUDIO_KEYS = ("audio", "path", "url", "base64")
+# Where a part's media can be found besides in the part itself, under a key named after its kind ("image").
+ADDRESS_KEYS = ("path", "url", "base64")
 
 
 @dataclass(frozen=True)
-class _Source:
+class EncodedMedia:
     """Encoded media bytes, with the name the output keeps and the label error messages use."""
 
     data: bytes
@@ -60,13 +60,13 @@ class MediaLoader:
         Raises:
             RowError: the payload is missing, ambiguous, unreachable or not a valid image.
         """
-        key, value = _payload(part, IMAGE_KEYS, "image")
+        key, value = payload_of(part, "image")
         resize, max_pixels = self.options.resize, self.options.max_image_pixels
         if key == "image" and isinstance(value, Image.Image):
             name = _file_name(getattr(value, "filename", "") or None)
             label = f"'{name}'" if name else "given as a PIL image"
             return {"bytes": prepare_pil_image(value, label, resize, max_pixels), "path": name}
-        source = self._read_source(key, value, base_dir, "image")
+        source = self.read_encoded(key, value, base_dir, "image")
         return {"bytes": prepare_image(source.data, source.label, resize, max_pixels), "path": source.name}
 
     def load_audio(self, part: dict, base_dir: str | None) -> dict:
@@ -84,36 +84,47 @@ class MediaLoader:
             RowError: the payload is missing, ambiguous, unreachable or not valid audio.
         """
         target_rate = self.options.audio_sampling_rate
-        key, value = _payload(part, AUDIO_KEYS, "audio")
+        key, value = payload_of(part, "audio")
         if key == "audio" and isinstance(value, dict) and "array" in value:
             rate = value.get("sampling_rate") or target_rate
             return prepare_audio(value["array"], rate, target_rate, "given as an array")
         if key == "audio" and isinstance(value, (np.ndarray, list, tuple)):
             return prepare_audio(value, target_rate, target_rate, "given as an array")
-        source = self._read_source(key, value, base_dir, "audio")
+        source = self.read_encoded(key, value, base_dir, "audio")
         samples, rate = decode_audio(source.data, source.label)
         return prepare_audio(samples, rate, target_rate, source.label)
 
-    def _read_source(self, key: str, value, base_dir: str | None, kind: str) -> _Source:
-        """Fetches the encoded bytes behind a "path", "url", "base64" or embedded {"bytes", "path"} payload."""
-        if key in ("image", "audio"):
+    def read_encoded(self, key: str, value, base_dir: str | None, kind: str) -> EncodedMedia:
+        """Fetches the encoded bytes behind one payload (`payload_of`) of a part of `kind`.
+
+        Args:
+            key: "path", "url", "base64", or `kind` itself for embedded bytes ({"bytes", "path"}, raw bytes,
+                or a string naming the media).
+            value: the payload's value.
+            base_dir: the folder relative paths resolve against when no media_root is set.
+            kind: the part's type, which error messages name.
+
+        Raises:
+            RowError: the payload is malformed, unreachable or outside the media root.
+        """
+        if key == kind:
             return self._read_embedded(value, base_dir, kind)
         if not isinstance(value, str):
             raise RowError(f"{kind} part's {key!r} must be a string, got {type(value).__name__}")
         if key == "base64" or (key == "url" and value.startswith("data:")):
-            return _Source(_decode_base64(value, kind), None, "from base64 data")
+            return EncodedMedia(_decode_base64(value, kind), None, "from base64 data")
         if key == "url" or _is_http(value):
-            return _Source(self.fetcher.fetch(value), value, f"'{value}'")
+            return EncodedMedia(self.fetcher.fetch(value), value, f"'{value}'")
         path = resolve_media_path(value, base_dir, self.options.media_root, kind)
         data = read_media_file(path, value, kind, self.options.max_file_bytes)
-        return _Source(data, _file_name(value), f"'{value}'")
+        return EncodedMedia(data, _file_name(value), f"'{value}'")
 
-    def _read_embedded(self, value, base_dir: str | None, kind: str) -> _Source:
+    def _read_embedded(self, value, base_dir: str | None, kind: str) -> EncodedMedia:
         if isinstance(value, (bytes, bytearray, memoryview)):
-            return _Source(bytes(value), None, "from embedded bytes")
+            return EncodedMedia(bytes(value), None, "from embedded bytes")
         if isinstance(value, str):
             key = "url" if _is_http(value) or value.startswith("data:") else "path"
-            return self._read_source(key, value, base_dir, kind)
+            return self.read_encoded(key, value, base_dir, kind)
         if not isinstance(value, dict):
             raise RowError(f"{kind} part's {kind!r} has an unsupported type {type(value).__name__}")
         data, path = value.get("bytes"), value.get("path")
@@ -123,14 +134,21 @@ class MediaLoader:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise RowError(f"{kind} part's bytes must be binary data, got {type(data).__name__}")
             label = f"'{path}'" if path else "from embedded bytes"
-            return _Source(bytes(data), _file_name(path), label)
+            return EncodedMedia(bytes(data), _file_name(path), label)
         if path:
-            return self._read_source("path", path, base_dir, kind)
+            return self.read_encoded("path", path, base_dir, kind)
         raise RowError(f"{kind} part's {kind!r} has neither bytes nor a path")
 
 
-def _payload(part: dict, keys: tuple[str, ...], kind: str) -> tuple[str, object]:
-    """Returns the single (key, value) payload of a part; other keys (like "type") are not payloads."""
+def payload_of(part: dict, kind: str) -> tuple[str, object]:
+    """Returns the single (key, value) payload of a part of `kind`: its own key (`kind`) or an address key.
+
+    Other keys (like "type") are not payloads.
+
+    Raises:
+        RowError: the part has no payload, or several.
+    """
+    keys = (kind, *ADDRESS_KEYS)
     found = [key for key in keys if part.get(key) is not None]
     if len(found) == 1:
         return found[0], part[found[0]]

@@ -31,7 +31,8 @@ class Family:
         alias: The short name users pass to `--model`.
         default_checkpoint: The hub id `--model ALIAS` loads.
         template_name: The packaged chat template (`vlmdata/models/templates/<name>.jinja`).
-        modalities: The media the family accepts, besides text.
+        modalities: The kinds of media the family takes besides text, as `vlmdata.modalities` names them
+            ("image", "audio"); tokenize refuses a row with parts of any other kind.
         model_types: The `model_type` values of `config.json` that mean this family.
         media_tokens: Every token the processor writes for a media item (placeholders, the runs they expand
             into, and their delimiters). Their labels are always -100: the model never predicts them.
