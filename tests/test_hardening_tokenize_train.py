@@ -16,7 +16,7 @@ import datasets
 import pytest
 
 from tests.tokenize_fixtures import normalised, tiny_model
-from vlmdata.convert import FEATURES
+from vlmdata.schema import NORMALISED_FEATURES as FEATURES
 from vlmdata.errors import FatalError
 from vlmdata.tokenize import tokenize
 from vlmdata.train.data import open_shards

@@ -17,33 +17,15 @@ import datasets
 from vlmdata.errors import RowError
 from vlmdata.executors import Executor, LocalExecutor
 from vlmdata.media import MediaLoader, MediaOptions
+from vlmdata.modalities import MediaError, load_media, media_counts
 from vlmdata.parallel import batched
 from vlmdata.readers import ReaderOptions, open_sources
 from vlmdata.rows import RawRow, Reject
-from vlmdata.schema import normalise
+from vlmdata.schema import NORMALISED_FEATURES, normalise
 from vlmdata.stage import (
     ROWS_PER_BATCH, BatchWorker, RowProgress, Stage, StageSummary, WrittenRow, check_num_proc, guarded, run_stage,
 )
 from vlmdata.versions import library_versions
-
-FEATURES = datasets.Features(
-    {
-        "messages": datasets.List(
-            {
-                "role": datasets.Value("string"),
-                "content": datasets.List({"type": datasets.Value("string"), "text": datasets.Value("string")}),
-            }
-        ),
-        "images": datasets.List(datasets.Image()),
-        "audios": datasets.List(
-            {"array": datasets.List(datasets.Value("float32")), "sampling_rate": datasets.Value("int32")}
-        ),
-        "id": datasets.Value("string"),
-        "source": datasets.Value("string"),
-    }
-)
-
-
 
 @dataclass
 class ConvertSummary(StageSummary):
@@ -99,7 +81,7 @@ class ConvertStage(Stage[ConvertSummary]):
         self.rows = open_sources(sources, format, reader_options)  # checks every source before anything is written
 
     def features(self) -> datasets.Features:
-        return FEATURES
+        return NORMALISED_FEATURES
 
     def batches(self) -> Iterator[list[RawRow]]:
         return batched(self.rows, ROWS_PER_BATCH)
@@ -130,7 +112,7 @@ class ConvertWorker(BatchWorker[RawRow, MediaLoader]):
     """Normalises rows and loads their media; one MediaLoader per process, whose download cache serves every batch."""
 
     media_options: MediaOptions
-    features = FEATURES
+    features = NORMALISED_FEATURES
 
     def setup(self) -> MediaLoader:
         return MediaLoader(self.media_options)
@@ -149,12 +131,13 @@ def convert_row(row: RawRow, loader: MediaLoader) -> WrittenRow | Reject:
 def _converted(row: RawRow, loader: MediaLoader, progress: RowProgress) -> WrittenRow:
     conversation = normalise(row.record or {})
     _check_unicode(conversation.messages, row)
-    progress.step = "image"
-    images = [_load(loader.load_image, payload, row, "image", k) for k, payload in enumerate(conversation.images)]
-    progress.step = "audio"
-    audios = [_load(loader.load_audio, payload, row, "audio", k) for k, payload in enumerate(conversation.audios)]
-    columns = {"messages": conversation.messages, "images": images, "audios": audios, "id": row.id, "source": row.source}
-    return WrittenRow(columns, {"images": len(images), "audios": len(audios)})
+    try:
+        media = load_media(conversation, row.base_dir, loader)
+    except MediaError as error:
+        progress.step = error.kind
+        raise
+    columns = {"messages": conversation.messages, **media, "id": row.id, "source": row.source}
+    return WrittenRow(columns, media_counts(columns))
 
 
 def _check_unicode(messages: list[dict[str, Any]], row: RawRow) -> None:
@@ -170,10 +153,3 @@ def _check_unicode(messages: list[dict[str, Any]], row: RawRow) -> None:
                 text.encode("utf-8")
         except UnicodeEncodeError as error:
             raise RowError(f"{where}: the text is not valid Unicode ({error.reason})") from error
-
-
-def _load(load, payload: dict[str, Any], row: RawRow, kind: str, position: int) -> dict[str, Any]:
-    try:
-        return load(payload, row.base_dir)
-    except RowError as error:
-        raise RowError(f"{kind} {position}: {error}") from error

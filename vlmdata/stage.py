@@ -30,11 +30,11 @@ from vlmdata.accounting import REJECTS_FILE, RejectLog
 from vlmdata.arrow_folder import METADATA_FILE, ArrowFolderWriter
 from vlmdata.errors import FatalError, RowError
 from vlmdata.executors import Executor
+from vlmdata.modalities import MODALITIES
 from vlmdata.parallel import InBackground
 from vlmdata.rows import Reject
 
 ROWS_PER_BATCH = 16
-MEDIA_COLUMNS = ("images", "audios")
 
 # The step of a row's journey a reject names: reading the source, normalising it, loading or decoding one kind
 # of media, tokenizing, or writing it to Arrow.
@@ -193,7 +193,7 @@ class StageSummary:
     def take(self, tally: Tally) -> None:
         """Fills the counts from the run's tally; stages with more counts extend this."""
         self.rows_read, self.rows_written = tally.rows_read, tally.rows_written
-        self.media = Counter({name: tally.counts.get(name, 0) for name in MEDIA_COLUMNS})
+        self.media = Counter({modality.column: tally.counts.get(modality.column, 0) for modality in MODALITIES})
 
     def to_dict(self) -> dict[str, Any]:
         # Not `asdict`, which rebuilds a Counter from its items, counting them.

@@ -12,7 +12,6 @@ writes the shards: uint8 pixel codes and typed Arrow arrays (`vlmdata.shards`), 
 from __future__ import annotations
 
 import functools
-import re
 from collections import Counter
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,6 @@ from typing import Any
 
 import datasets
 import numpy as np
-from PIL import Image
 
 from vlmdata.arrow_folder import ArrowFolderWriter
 from vlmdata.calibration import TokenizePlan, calibrate
@@ -29,10 +27,12 @@ from vlmdata.errors import FatalError, RowError
 from vlmdata.executors import Executor, LocalExecutor
 from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, has_generation_markers, make_labels, text_cut_allowed
 from vlmdata.models.loading import LoadedProcessor, load_processor
+from vlmdata.modalities import processor_messages
 from vlmdata.models.registry import load_template
 from vlmdata.parallel import batched, computed_ahead
 from vlmdata.processor_call import ProcessorCall
 from vlmdata.rows import Reject
+from vlmdata.schema import undecoded_features
 from vlmdata.shards import PROCESSOR_DIR, TensorLayout, encode_tensors, rows_to_table
 from vlmdata.stage import (
     ROWS_PER_BATCH, BatchWorker, RowProgress, Stage, StageSummary, Tally, WrittenRow, check_num_proc, guarded,
@@ -41,7 +41,6 @@ from vlmdata.stage import (
 from vlmdata.versions import library_versions
 
 TRUNCATE = ("none", "text")
-OBJECT_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True)
@@ -227,8 +226,8 @@ class TokenizeWorker(BatchWorker[dict, LoadedProcessor]):
 
 
 def _decoded_messages(row: dict[str, Any], loaded: LoadedProcessor, call: ProcessorCall) -> tuple[list[dict], dict]:
-    messages, images, audios = chat_messages(row, loaded)
-    return call.prepare(messages), {"images": images, "audios": audios}
+    messages, counts = processor_messages(row, loaded.family, loaded.processor)
+    return call.prepare(messages), counts
 
 
 def tokenize_row(
@@ -279,13 +278,11 @@ def _read_dataset(data_dir: str | Path) -> datasets.Dataset:
         raise FatalError(f"Cannot read the normalised dataset {str(data_dir)!r}: {error}") from None
     if not isinstance(dataset, datasets.Dataset) or "messages" not in dataset.column_names:
         raise FatalError(f"{str(data_dir)!r} is not a normalised dataset (one split with a 'messages' column).")
-    if "images" in dataset.column_names:
-        # Workers decode the images: the main process only moves their encoded bytes. Only the feature changes,
-        # the Arrow data stays memory-mapped (`cast_column` would rewrite the whole dataset to a cache file).
-        info = dataset.info.copy()
-        info.features = datasets.Features({**dataset.features, "images": datasets.List(datasets.Image(decode=False))})
-        dataset = datasets.Dataset(dataset.data, info=info, split=dataset.split)
-    return dataset
+    # Workers decode the media: the main process only moves their encoded bytes. Only the features change, the
+    # Arrow data stays memory-mapped (`cast_column` would rewrite the whole dataset to a cache file).
+    info = dataset.info.copy()
+    info.features = undecoded_features(dataset.features)
+    return datasets.Dataset(dataset.data, info=info, split=dataset.split)
 
 
 def _token_columns(
@@ -319,61 +316,6 @@ def _cut_per_token(outputs: dict, length: int, max_length: int) -> None:
     for name, tensor in list(outputs.items()):
         if hasattr(tensor, "ndim") and tensor.ndim >= 2 and tensor.shape[0] == 1 and tensor.shape[1] == length:
             outputs[name] = tensor[:, :max_length]
-
-
-def chat_messages(row: dict[str, Any], loaded: LoadedProcessor) -> tuple[list[dict], int, int]:
-    """The row's messages in the processor's format, with its images and audio placed in their parts.
-
-    Returns:
-        The messages, and the numbers of images and audio clips used.
-    """
-    images, audios = row.get("images") or [], row.get("audios") or []
-    counts = {"image": 0, "audio": 0}
-    messages = []
-    for message in row["messages"]:
-        content = []
-        for part in message["content"]:
-            kind = part["type"]
-            if kind == "image":
-                content.append({"type": "image", "image": _image(images, counts["image"])})
-            elif kind == "audio":
-                if "audio" not in loaded.family.modalities:
-                    raise RowError("an audio part, but this model family takes no audio")
-                content.append({"type": "audio", "audio": _audio(audios, counts["audio"], loaded)})
-            else:
-                content.append({"type": "text", "text": part.get("text") or ""})
-            if kind in counts:
-                counts[kind] += 1
-        messages.append({"role": message["role"], "content": content})
-    if counts["image"] != len(images) or counts["audio"] != len(audios):
-        raise RowError(
-            f"{counts['image']} image and {counts['audio']} audio parts but {len(images)} images and {len(audios)} audios"
-        )
-    return messages, counts["image"], counts["audio"]
-
-
-def _image(images: list, position: int) -> Image.Image:
-    if position >= len(images):
-        raise RowError(f"image part {position} has no image in the images column")
-    try:
-        # The same decoding `datasets.Image` does, so the pixels equal what users of the dataset see.
-        return datasets.Image().decode_example({"bytes": images[position]["bytes"], "path": images[position]["path"]})
-    except Image.UnidentifiedImageError:
-        raise RowError(f"image {position}: cannot decode: not a recognised image format") from None
-    except Exception as error:
-        # Some of Pillow's messages name the in-memory file by its address, which differs from run to run.
-        raise RowError(f"image {position}: cannot decode: {OBJECT_ADDRESS.sub('', str(error))}") from None
-
-
-def _audio(audios: list, position: int, loaded: LoadedProcessor) -> np.ndarray:
-    if position >= len(audios):
-        raise RowError(f"audio part {position} has no clip in the audios column")
-    clip = audios[position]
-    extractor = getattr(loaded.processor, "feature_extractor", None)
-    expected = getattr(extractor, "sampling_rate", None)
-    if expected and clip["sampling_rate"] != expected:
-        raise RowError(f"audio {position} is at {clip['sampling_rate']} Hz, the processor needs {expected} Hz")
-    return np.asarray(clip["array"], dtype=np.float32)
 
 
 def _save_processor(loaded: LoadedProcessor, template: str, folder: Path) -> None:
