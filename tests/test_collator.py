@@ -11,10 +11,11 @@ from transformers import AutoProcessor
 
 from tests.test_tokenize import processor_messages
 from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
-from vlmdata.shards import load_shards, read_layout
+from vlmdata.batching import Batching, concat_padded, stack_padded
+from vlmdata.shards import decode_codes, load_shards, model_inputs, read_layout
 from vlmdata.tokenize import tokenize
 from vlmdata.train import ShardCollator
-from vlmdata.train.collator import PixelDecoding, concat_padded, stack_padded
+from vlmdata.train.collator import PixelDecoding
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,58 @@ def test_a_model_with_the_decoding_hook_gives_the_loss_of_float_pixels(alias, da
         model.register_forward_pre_hook(PixelDecoding(layout, model.dtype), with_kwargs=True)
         got = model(**ShardCollator(layout, pad_token_id=0, decode_pixels=False)(rows))
     assert torch.equal(got.logits, expected.logits) and torch.equal(got.loss, expected.loss)
+
+
+@pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl", "mllama"])
+def test_two_rows_packed_into_one_by_the_same_rules_line_up_for_the_model(alias, data_dir, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    tokenize(data_dir, tmp_path / "shards", model=str(tiny_model(alias)), progress=False)
+    layout = read_layout(tmp_path / "shards")
+    with_images = [row for row in load_shards(tmp_path / "shards") if len(row["pixel_values"])]  # one image, then two
+    first, second = (model_inputs(row, layout) for row in with_images)
+    lengths = [int(row["length"]) for row in with_images]
+    rules = layout.batch_rules(pad_token_id=0)
+    packed = {name: rule.concat([first.get(name), second.get(name)], lengths) for name, rule in rules.items()}
+
+    for name, rule in rules.items():
+        a, b = first[name], second[name]
+        if rule.batching is Batching.PER_TOKEN and a.ndim == 2:  # ids, labels, masks, type ids
+            assert torch.equal(packed[name], torch.cat([a, b], dim=1)), name
+        elif rule.batching is Batching.PER_TOKEN:  # Mllama's cross-attention mask: each row's tokens see its own images
+            assert packed[name].shape == (1, sum(lengths), a.shape[2] + b.shape[2], a.shape[3]), name
+            assert torch.equal(packed[name][:, :lengths[0], :a.shape[2]], a)
+            assert torch.equal(packed[name][:, lengths[0]:, a.shape[2]:], b)
+            assert not packed[name][:, :lengths[0], a.shape[2]:].any()
+            assert not packed[name][:, lengths[0]:, :a.shape[2]].any()
+        elif rule.batching is Batching.PER_ROW:  # Mllama's [1, images, tiles, ...]
+            assert packed[name].shape[:2] == (1, a.shape[1] + b.shape[1]), name
+            assert torch.equal(packed[name], torch.cat([a, b], dim=1)), name  # the tiny images all have four tiles
+        else:  # pixels, patches, grids
+            assert torch.equal(packed[name], torch.cat([a, b])), name
+    codes = [model_inputs(row, layout, decode_pixels=False)["pixel_values"] for row in with_images]
+    packed_codes = rules["pixel_values"].concat(codes, lengths)
+    if packed_codes.dtype == torch.uint8:  # packing adds no padding: the codes stay codes for the model's hook
+        packed_codes = decode_codes(packed_codes, {spec.name: spec for spec in layout.tensors}["pixel_values"])
+    assert torch.equal(packed_codes, packed["pixel_values"])
+
+    # The model takes the packed row: every image's features meet its own image tokens.
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias)).eval()
+    with torch.no_grad():
+        assert torch.isfinite(model(**packed).loss)
+
+
+def test_a_row_without_a_per_token_tensor_packs_as_padding_of_its_length(data_dir, tmp_path):
+    tokenize(data_dir, tmp_path / "shards", model=str(tiny_model("mllama")), progress=False)
+    layout = read_layout(tmp_path / "shards")
+    rows = sorted(load_shards(tmp_path / "shards"), key=lambda row: len(row["pixel_values"]) == 0)  # text-only last
+    inputs = [model_inputs(row, layout) for row in rows]
+    assert "cross_attention_mask" not in inputs[-1]  # Mllama's text-only row has none
+    lengths = [int(row["length"]) for row in rows]
+    rule = layout.batch_rules(pad_token_id=0)["cross_attention_mask"]
+    packed = rule.concat([row.get("cross_attention_mask") for row in inputs], lengths)
+    assert packed.shape[1] == sum(lengths)
+    assert not packed[:, sum(lengths[:-1]):].any()
 
 
 def test_padding_helpers_pad_every_dimension_and_fill_missing_rows():

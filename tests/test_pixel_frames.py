@@ -32,7 +32,7 @@ def test_qwen_stores_one_frame_and_rebuilds_the_processor_output(alias, photos_d
     full = 3 * frames * image_processor.patch_size**2
     layout = read_layout(out)
     spec = {spec.name: spec for spec in layout.tensors}["pixel_values"]
-    assert (spec.repeated_frames, spec.frame_channels, spec.tail) == (frames, 3, (full,))
+    assert (spec.pixels.repeated_frames, spec.pixels.frame_channels, spec.tail) == (frames, 3, (full,))
     saved = json.loads((out / "vlmdata.json").read_text())
     assert [spec["name"] for spec in saved["layout"]["tensors"] if "repeated_frames" in spec] == ["pixel_values"]
 
@@ -71,9 +71,9 @@ def test_the_probe_folds_only_repeated_frames():
     rng = np.random.default_rng(2)
     video = rng.integers(0, 256, (8, 1176), dtype=np.uint8)
     still = repeat_frames(video[:, :588], 3, 2)
-    assert _qwen_layout(still).tensors[0].repeated_frames == 2
+    assert _qwen_layout(still).tensors[0].pixels.repeated_frames == 2
     unfolded = _qwen_layout(video).tensors[0]
-    assert unfolded.repeated_frames == 1 and "repeated_frames" not in unfolded.to_dict()
+    assert unfolded.pixels.repeated_frames == 1 and "repeated_frames" not in unfolded.to_dict()
     assert unfolded.stored_tail == (1176,)
 
 
@@ -85,9 +85,9 @@ def test_a_row_whose_frames_differ_is_stored_in_full(as_codes):
     still = repeat_frames(video[:, :588], 3, 2)
     layout = _qwen_layout(still)
     spec = layout.tensors[0]
-    assert spec.repeated_frames == 2
+    assert spec.pixels.repeated_frames == 2
     for codes, folded in ((video, False), (still, True)):
-        floats = spec.codec.decode(codes)
+        floats = spec.pixels.codec.decode(codes)
         given = codes if as_codes else floats  # the quick call hands over codes, the plain call floats
         columns = encode_tensors({"input_ids": torch.zeros(1, 3, dtype=torch.long), "pixel_values": torch.from_numpy(given)}, layout)
         if folded:

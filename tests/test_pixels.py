@@ -52,7 +52,7 @@ def test_a_value_no_code_gives_falls_back_to_float32(tmp_path):
     good = _pixels(processor, [(40, 30)])
     outputs = {"input_ids": torch.zeros(1, 5, dtype=torch.long), "pixel_values": good}
     layout = probe_layout([outputs], processor.image_processor)
-    assert layout.tensors[0].codec is not None and layout.tensors[0].stored_dtype == "uint8"
+    assert layout.tensors[0].pixels is not None and layout.tensors[0].stored_dtype == "uint8"
 
     odd = good.clone()
     odd[0, 0, 0, 0] = 0.123456  # no uint8 code maps to this

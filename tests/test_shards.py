@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -11,8 +12,10 @@ import torch
 from transformers import AutoModelForImageTextToText
 
 from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
+from vlmdata.batching import Batching, Padding
 from vlmdata.labels import IGNORE_INDEX, make_labels, text_cut_allowed
-from vlmdata.shards import load_shards, model_inputs, probe_layout, read_layout
+from vlmdata.shards import TensorLayout, TensorSpec, load_shards, model_inputs, probe_layout, read_layout
+from vlmdata.tensor_spec import Storage
 from vlmdata.tokenize import tokenize
 
 
@@ -37,14 +40,62 @@ def test_fixed_shapes_become_arrays_and_varying_ones_flat():
     assert specs["token_type_ids"].per_token and specs["token_type_ids"].storage == "list"
     assert specs["pixel_values"].storage == "array" and specs["pixel_values"].tail == (1176,)
     assert specs["image_sizes"].storage == "flat"
+    assert [specs[name].batching for name in ("token_type_ids", "pixel_values", "image_sizes")] == [
+        Batching.PER_TOKEN, Batching.PER_ITEM, Batching.PER_ITEM]
     features = layout.features()
     assert isinstance(features["pixel_values"], datasets.Array2D) and features["pixel_values"].dtype == "float32"
+
+
+def test_a_spec_is_built_with_keywords_only():
+    with pytest.raises(TypeError):
+        TensorSpec("token_type_ids", Batching.PER_TOKEN, Storage.LIST, "torch.int64", "int32")  # type: ignore[misc]
+    spec = TensorSpec(name="token_type_ids", batching=Batching.PER_TOKEN, storage=Storage.LIST,
+                      dtype="torch.int64", stored_dtype="int32")
+    assert spec.per_token and spec.batch_rule.padding is Padding.REPEAT_LAST
+
+
+def test_a_layout_saved_before_batching_was_declared_loads_with_its_rules_and_saves_the_same():
+    # Entries as Mllama's and Qwen2-VL's shards have always saved them: the batching rule is derived from
+    # `per_token` and `batched`, and Mllama's aspect ratio mask keeps its own padding.
+    table = [[(code / 255 - mean) / 0.27 for code in range(256)] for mean in (0.48, 0.46, 0.41)]
+    def ints(name: str, per_token: bool, storage: str, tail: list[int], batched: bool) -> dict:
+        return {"name": name, "per_token": per_token, "storage": storage, "dtype": "torch.int64",
+                "stored_dtype": "int32", "tail": tail, "codec": None, "batched": batched}
+
+    saved = {"tensors": [
+        ints("aspect_ratio_mask", False, "flat", [], True),
+        ints("cross_attention_mask", True, "flat", [], True),
+        ints("image_grid_thw", False, "array", [3], False),
+        {"name": "pixel_values", "per_token": False, "storage": "array", "dtype": "torch.float32",
+         "stored_dtype": "uint8", "tail": [1176], "codec": {"table": table, "channel_axis": 1, "split_last": True}, "batched": False,
+         "repeated_frames": 2, "frame_channels": 3},
+    ]}
+    layout = TensorLayout.from_dict(json.loads(json.dumps(saved)))
+
+    assert json.dumps(layout.to_dict()) == json.dumps(saved)
+    rules = layout.batch_rules(pad_token_id=5)
+    assert {name: (rule.batching, rule.padding, rule.pad) for name, rule in rules.items()} == {
+        "input_ids": (Batching.PER_TOKEN, Padding.VALUE, 5),
+        "attention_mask": (Batching.PER_TOKEN, Padding.VALUE, 0),
+        "labels": (Batching.PER_TOKEN, Padding.VALUE, IGNORE_INDEX),
+        "aspect_ratio_mask": (Batching.PER_ROW, Padding.FIRST_TILE, 0),
+        "cross_attention_mask": (Batching.PER_TOKEN, Padding.REPEAT_LAST, 0),
+        "image_grid_thw": (Batching.PER_ITEM, Padding.VALUE, 0),
+        "pixel_values": (Batching.PER_ITEM, Padding.VALUE, 0),
+    }
+    pixels = layout.tensors[-1]
+    assert pixels.storage is Storage.ARRAY and pixels.stored_tail == (588,)
+    assert rules["pixel_values"].pixels is pixels.pixels and pixels.pixels.dtype == "torch.float32"
+    folded = "uint8 codes + rescale/normalise table, one of 2 repeated frames per patch"
+    assert layout.pixel_storage() == {"pixel_values": folded}
 
 
 @pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl", "pixtral", "mllama"])
 def test_no_float64_and_no_nested_python_lists(alias, data_dir, tmp_path):
     tokenize(data_dir, tmp_path / "shards", model=str(tiny_model(alias)), progress=False)
     features = datasets.load_from_disk(str(tmp_path / "shards")).features
+    saved = json.loads((tmp_path / "shards" / "vlmdata.json").read_text())["layout"]
+    assert json.dumps(read_layout(tmp_path / "shards").to_dict()) == json.dumps(saved)
     for name, feature in features.items():
         dtype = getattr(feature, "dtype", None) or getattr(getattr(feature, "feature", None), "dtype", None)
         assert dtype != "float64", name

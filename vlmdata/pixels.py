@@ -18,6 +18,10 @@ Qwen2-VL and Qwen2.5-VL also store every still image twice: their processor repe
 so that images and videos share one layout. `fold_frames` keeps one frame of each patch when they all repeat,
 and `repeat_frames` rebuilds the full patches on load.
 
+`PixelStorage` is the whole representation of one pixel tensor in the shards: its codec, the folded frames, the
+runs of padding zeros and the float32 fallback of a row the codes cannot reproduce. The shards and the collator
+ask it to encode, rebuild and decode, and see nothing of the codec.
+
 Example:
     >>> codec = PixelCodec.find(processor.image_processor, [probe["pixel_values"]])  # doctest: +SKIP
     >>> codes, zeros = codec.encode(pixels)  # uint8 codes and runs of zeros; None when not exact  # doctest: +SKIP
@@ -28,11 +32,16 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Sequence
 
+import datasets
 import numpy as np
 import torch
 
 CODES = 256
+# The columns beside a pixel tensor's codes: the runs of padding zeros, and a fallback row's float32 values.
+ZEROS_SUFFIX = "_zeros"
+FLOAT_SUFFIX = "_float"
 
 
 @dataclass(frozen=True)
@@ -224,3 +233,152 @@ def repeat_frames(folded: np.ndarray | torch.Tensor, channels: int, frames: int)
     shape = (patches, channels, frames, view.shape[-1])
     full = view.expand(shape) if isinstance(folded, torch.Tensor) else np.broadcast_to(view, shape)
     return full.reshape(patches, -1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PixelStorage:
+    """How one pixel tensor is stored: uint8 codes of the processor's table, one frame per patch where the
+    processor repeats frames, padding zeros as runs of flat positions, and float32 for a row the codes cannot
+    reproduce.
+
+    A tensor `name` has three columns: `name` (the codes), `name_zeros` (the runs) and `name_float` (the
+    fallback values; empty for every row stored as codes).
+
+    Attributes:
+        codec: the table that turns codes into the processor's floats.
+        dtype: the torch dtype of the processor's pixels (`torch.float32`), which decoding gives back.
+        repeated_frames: how many times each patch repeats one frame in the processor's output (Qwen2-VL's
+            still images, `[patches, frame_channels * repeated_frames * rest]`); each patch is stored with one
+            frame and repeated on rebuilding. 1 when the frames are not folded.
+        frame_channels: the channels leading each patch, with `repeated_frames` > 1.
+    """
+
+    codec: PixelCodec
+    dtype: str
+    repeated_frames: int = 1
+    frame_channels: int = 0
+
+    @classmethod
+    def find(
+        cls, image_processor, samples: list[np.ndarray], tail: tuple[int, ...], dtype: str
+    ) -> "PixelStorage | None":
+        """The storage that reproduces every probe sample exactly, or None when the processor allows none.
+
+        Args:
+            image_processor: the processor's image processor, whose rescale/normalise table makes the codec.
+            samples: the pixel tensors of the probe rows, as float32.
+            tail: the fixed dimensions after the first, `()` when they vary.
+            dtype: the torch dtype the processor returns them in.
+        """
+        codec = PixelCodec.find(image_processor, samples)
+        if codec is None:
+            return None
+        return cls(codec=codec, dtype=dtype, **_repeated_frames(image_processor, codec, tail, samples))
+
+    @property
+    def folded(self) -> bool:
+        return self.repeated_frames > 1
+
+    def stored_tail(self, tail: tuple[int, ...]) -> tuple[int, ...]:
+        """The fixed dimensions after the first of the codes column, given the processor's."""
+        return (*tail[:-1], tail[-1] // self.repeated_frames) if tail else ()
+
+    def describe(self) -> str:
+        """How the pixels are stored, in words, for the metadata file."""
+        folded = f", one of {self.repeated_frames} repeated frames per patch" if self.folded else ""
+        return "uint8 codes + rescale/normalise table" + folded
+
+    def features(self, name: str) -> dict[str, Any]:
+        """The `datasets` features of the columns beside the codes."""
+        return {
+            name + ZEROS_SUFFIX: datasets.List(datasets.Value("int64")),
+            name + FLOAT_SUFFIX: datasets.List(datasets.Value("float32")),
+        }
+
+    def empty_columns(self, name: str) -> dict[str, np.ndarray]:
+        """The columns beside the codes of a row without this tensor."""
+        return {name + ZEROS_SUFFIX: np.zeros(0, np.int64), name + FLOAT_SUFFIX: np.zeros(0, np.float32)}
+
+    def encode(self, name: str, values: np.ndarray, no_codes: np.ndarray) -> dict[str, np.ndarray]:
+        """A row's pixel columns: its codes in the processor's shape (one frame per patch where folded), or
+        `no_codes` in their place for a row kept as float32.
+
+        Args:
+            values: the processor's float32 pixels, or its uint8 pixels (asked for unnormalised: they are the codes).
+            no_codes: the codes column of a row that has none.
+        """
+        if values.dtype == np.uint8:
+            encoded = values, np.zeros((0, 2), np.int64)
+        else:
+            encoded = self.codec.encode(values)
+        if encoded is not None and self.folded:
+            encoded = self._fold(*encoded)
+        if encoded is None:  # not reproducible from codes (or frames that differ): this row keeps its float32 values
+            floats = self.codec.decode(values) if values.dtype == np.uint8 else values  # the processor's floats
+            return {name: no_codes, **self.empty_columns(name), name + FLOAT_SUFFIX: floats.reshape(-1)}
+        codes, zero_runs = encoded
+        return {name: codes, name + ZEROS_SUFFIX: zero_runs.reshape(-1), name + FLOAT_SUFFIX: np.zeros(0, np.float32)}
+
+    def fallback(self, row: dict[str, Any], name: str) -> np.ndarray | None:
+        """The row's pixels kept as float32 (flat), or None when the row has codes."""
+        floats = row[name + FLOAT_SUFFIX]
+        return np.asarray(floats, dtype=np.float32) if len(floats) else None
+
+    def rebuild(self, row: dict[str, Any], name: str, codes: np.ndarray, decode: bool = True) -> np.ndarray:
+        """A row's pixels from its stored codes (reshaped as stored): the processor's values as float32, or with
+        `decode` False the codes themselves, unless the row has padding zeros, which no code holds."""
+        zero_runs = row[name + ZEROS_SUFFIX]
+        if not decode and not len(zero_runs):
+            return codes
+        if self.folded:
+            codes = repeat_frames(codes.reshape(len(codes), -1), self.frame_channels, self.repeated_frames)
+        return self.codec.decode(codes, zero_runs)
+
+    def decode_tensor(self, codes: torch.Tensor) -> torch.Tensor:
+        """The processor's tensor, in its dtype, from codes as `rebuild(..., decode=False)` leaves them (one row's,
+        or several rows' concatenated), on the codes' own device."""
+        if self.folded:
+            codes = repeat_frames(codes, self.frame_channels, self.repeated_frames)
+        return self.codec.decode_tensor(codes).to(getattr(torch, self.dtype[6:]))
+
+    def mergeable(self, tensors: Sequence[torch.Tensor | None], adds_padding: bool) -> list[torch.Tensor | None]:
+        """Rows' rebuilt pixels made ready to merge into one tensor: left as codes only if every row has codes and
+        merging adds no padding, else every row's codes decoded.
+
+        A padding 0 among codes would decode to the value of code 0, not to the processor's 0.0, and codes cannot
+        be merged with floats.
+        """
+        present = [tensor for tensor in tensors if tensor is not None]
+        codes = [tensor.dtype == torch.uint8 for tensor in present]
+        if not any(codes) or (all(codes) and not adds_padding):
+            return list(tensors)
+        return [
+            self.decode_tensor(tensor) if tensor is not None and tensor.dtype == torch.uint8 else tensor
+            for tensor in tensors
+        ]
+
+    def _fold(self, codes: np.ndarray, zero_runs: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The codes with one frame per patch, or None when this row's frames differ (a video, say)."""
+        folded = None if len(zero_runs) else fold_frames(codes, self.frame_channels, self.repeated_frames)
+        return None if folded is None else (folded, zero_runs)
+
+
+def _repeated_frames(
+    image_processor, codec: PixelCodec, tail: tuple[int, ...], samples: list[np.ndarray]
+) -> dict[str, int]:
+    """`repeated_frames` and `frame_channels` for pixels stored with one frame per patch, else none.
+
+    Qwen2-VL's image processor repeats each still image `temporal_patch_size` times, so that its patches
+    (`[patches, 3 * T * P * P]`, laid out `[patches, 3, T, P, P]`) have the layout of a video's: storing one
+    frame halves the pixels. Taken only when every probe row repeats its frames exactly.
+    """
+    frames = getattr(image_processor, "temporal_patch_size", 1) or 1
+    mean = getattr(image_processor, "image_mean", None)
+    channels = len(mean) if isinstance(mean, (list, tuple)) else 3
+    if not isinstance(frames, int) or frames < 2 or len(tail) != 1:
+        return {}
+    for sample in samples:
+        encoded = codec.encode(sample)
+        if encoded is None or len(encoded[1]) or fold_frames(encoded[0], channels, frames) is None:
+            return {}
+    return {"repeated_frames": frames, "frame_channels": channels}
