@@ -45,6 +45,7 @@ import pyarrow as pa
 import torch
 from datasets.arrow_writer import TypedSequence
 
+from vlmdata.arrow_folder import METADATA_FILE
 from vlmdata.errors import RowError
 from vlmdata.tensor_spec import NOT_STORED, Storage, TensorLayout, TensorSpec, probe_layout
 
@@ -53,7 +54,6 @@ __all__ = [
     "encode_tensors", "load_shards", "model_inputs", "numpy_rows", "probe_layout", "read_layout", "rows_to_table",
 ]
 
-METADATA_FILE = "vlmdata.json"
 PROCESSOR_DIR = "processor"
 INT32 = np.iinfo(np.int32)
 

@@ -17,7 +17,8 @@ import pyarrow as pa
 
 from vlmdata.accounting import REJECTS_FILE
 from vlmdata.errors import FatalError
-from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR
+from vlmdata.arrow_folder import METADATA_FILE
+from vlmdata.shards import PROCESSOR_DIR
 
 NORMALISED, SHARDS, REJECTS = "normalised", "shards", "rejects"
 DESCRIPTIONS = {NORMALISED: "normalised dataset", SHARDS: "token shards", REJECTS: "rejects file"}
