@@ -80,7 +80,7 @@ def test_an_empty_reply_with_no_end_of_turn_token_is_rejected(train_on, tmp_path
 
 
 def test_a_conversation_without_assistant_turn_is_rejected(tmp_path):
-    # `convert` refuses such rows, but users may bring their own normalised dataset (DESIGN.md section 1).
+    # `convert` refuses such rows, but users may bring their own normalised dataset (docs/architecture.md, "The data path").
     def message(role: str, text: str) -> dict:
         return {"role": role, "content": [{"type": "text", "text": text}]}
 
