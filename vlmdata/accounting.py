@@ -1,4 +1,4 @@
-"""Keeping every row accounted for: the rejects file, the counts by reason, and `--strict`."""
+"""Keeping every row accounted for: the rejects file, the counts by reason, `--strict`, and length statistics."""
 
 from __future__ import annotations
 
@@ -64,3 +64,28 @@ def reason_category(reason: str) -> str:
     reason = re.sub(r"\b[a-z][a-z0-9+.-]*://[^\s,;)]+", "…", reason, flags=re.IGNORECASE)
     reason = re.sub(r"(?<![\w.])/[^\s,;)]+", "…", reason)
     return re.sub(r"\d+", "N", reason)
+
+
+PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
+
+
+def length_percentiles(lengths: Counter) -> dict[str, int]:
+    """p50, p90, p99, min and max of a histogram of lengths (nearest rank); {} when it is empty.
+
+    A histogram, so that memory grows with the number of distinct lengths, not of rows.
+
+    Example:
+        >>> length_percentiles(Counter({10: 5, 20: 4, 90: 1}))
+        {'p50': 10, 'p90': 20, 'p99': 90, 'min': 10, 'max': 90}
+    """
+    total = sum(lengths.values())
+    if not total:
+        return {}
+    ordered = sorted(lengths.items())
+    result, seen, wanted = {}, 0, list(PERCENTILES)
+    for length, count in ordered:
+        seen += count
+        while wanted and seen >= wanted[0][1] * total:
+            result[wanted.pop(0)[0]] = length
+    result["min"], result["max"] = ordered[0][0], ordered[-1][0]
+    return result

@@ -12,7 +12,6 @@ writes the shards: uint8 pixel codes and typed Arrow arrays (`vlmdata.shards`), 
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import datasets
 import numpy as np
 
+from vlmdata.accounting import length_percentiles
 from vlmdata.arrow_folder import ArrowFolderWriter
 from vlmdata.calibration import TokenizePlan, calibrate
 from vlmdata.errors import FatalError, RowError
@@ -76,7 +76,7 @@ class TokenizeSummary(StageSummary):
     def take(self, tally: Tally) -> None:
         super().take(tally)
         self.tokens, self.trained_tokens = tally.counts["tokens"], tally.counts["trained_tokens"]
-        self.length_percentiles = _percentiles(tally.lengths)
+        self.length_percentiles = length_percentiles(tally.lengths)
 
     def to_dict(self) -> dict[str, Any]:
         summary = super().to_dict()
@@ -243,20 +243,6 @@ def tokenize_row(
     columns = _token_columns(outputs, loaded, options, assistant_turns)
     columns.update(encode_tensors(outputs, layout))
     return columns
-
-
-def _percentiles(lengths: Counter) -> dict[str, int]:
-    total = sum(lengths.values())
-    if not total:
-        return {}
-    result, seen, ordered = {}, 0, sorted(lengths.items())
-    wanted = [("p50", 0.5), ("p90", 0.9), ("p99", 0.99)]
-    for length, count in ordered:
-        seen += count
-        while wanted and seen >= wanted[0][1] * total:
-            result[wanted.pop(0)[0]] = length
-    result["min"], result["max"] = ordered[0][0], ordered[-1][0]
-    return result
 
 
 def _check_arguments(train_on, max_length, truncate, num_proc) -> None:

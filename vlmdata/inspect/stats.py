@@ -22,15 +22,13 @@ import numpy as np
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from vlmdata.accounting import reason_category
+from vlmdata.accounting import length_percentiles, reason_category
 from vlmdata.errors import FatalError
 from vlmdata.inspect.columns import batches, count_rows, list_lengths
 from vlmdata.inspect.detect import NORMALISED, REJECTS, SHARDS, Target, input_data
 from vlmdata.inspect.images import header_sizes
 from vlmdata.labels import IGNORE_INDEX
 from vlmdata.modalities import KINDS, MODALITIES
-
-PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 
 
 @dataclass
@@ -113,17 +111,7 @@ class Statistics:
 
     def length_percentiles(self) -> dict[str, int]:
         """p50, p90, p99, min and max of the token lengths (nearest rank); {} without rows."""
-        total = sum(self.lengths.values())
-        if not total:
-            return {}
-        ordered = sorted(self.lengths.items())
-        result, seen, wanted = {}, 0, list(PERCENTILES)
-        for length, count in ordered:
-            seen += count
-            while wanted and seen >= wanted[0][1] * total:
-                result[wanted.pop(0)[0]] = length
-        result["min"], result["max"] = ordered[0][0], ordered[-1][0]
-        return result
+        return length_percentiles(self.lengths)
 
 
 def collect(target: Target, progress: bool = False) -> Statistics:
