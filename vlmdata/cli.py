@@ -8,14 +8,18 @@ import click
 
 import vlmdata
 from vlmdata.errors import FatalError
+from vlmdata.labels import TRAIN_ON, TRUNCATE
+from vlmdata.media.options import RESIZE_ALGORITHMS, RESIZE_MODES
 from vlmdata.recipe import command_options, load_recipe, run_recipe
 from vlmdata.recipe.stages import (
     CONVERT_DEFAULTS,
+    FORMAT_CHOICES,
     STAGES,
     TOKENIZE_DEFAULTS,
     TRAIN_DEFAULTS,
     OptionError,
 )
+from vlmdata.train.options import REPORTERS, SCHEDULERS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -59,7 +63,7 @@ config_option = click.option(
     "--format",
     "source_format",
     default=CONVERT_DEFAULTS["source_format"],
-    type=click.Choice(["auto", "llava-instruct-mix", "mmiu", "jsonl", "sharegpt"]),
+    type=click.Choice(FORMAT_CHOICES),
     help="Source layout; auto detects it from the first source.",
 )
 @click.option("--split", default=CONVERT_DEFAULTS["split"], help="Split to read, with optional slice: train, train[:1%], test[10:20].")
@@ -75,13 +79,13 @@ config_option = click.option(
 @click.option(
     "--resize-mode",
     default=CONVERT_DEFAULTS["resize_mode"],
-    type=click.Choice(["letterbox", "exact", "fit"]),
+    type=click.Choice(RESIZE_MODES),
     help="Override the mode implied by --image-size; fit scales the longest side to N without padding.",
 )
 @click.option(
     "--resize-algorithm",
     default=CONVERT_DEFAULTS["resize_algorithm"],
-    type=click.Choice(["bilinear", "bicubic", "lanczos", "nearest"]),
+    type=click.Choice(RESIZE_ALGORITHMS),
     help="Resampling filter used when resizing.",
 )
 @click.option(
@@ -171,13 +175,13 @@ def convert(**options) -> None:
 @click.option(
     "--truncate",
     default=TOKENIZE_DEFAULTS["truncate"],
-    type=click.Choice(["none", "text"]),
+    type=click.Choice(TRUNCATE),
     help="text: cut long rows after their last media token instead of rejecting them.",
 )
 @click.option(
     "--train-on",
     default=TOKENIZE_DEFAULTS["train_on"],
-    type=click.Choice(["assistant", "all", "last"]),
+    type=click.Choice(TRAIN_ON),
     help="Tokens that get a loss: every assistant reply, every text token, or the last reply.",
 )
 @click.option(
@@ -247,7 +251,7 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
 @click.option("--epochs", default=TRAIN_DEFAULTS["epochs"], type=click.FloatRange(min=0, min_open=True), help="Passes over the shards.")
 @click.option("--max-steps", default=TRAIN_DEFAULTS["max_steps"], type=click.IntRange(min=1), help="Stop after this many optimizer steps (overrides --epochs).")
 @click.option("--learning-rate", default=TRAIN_DEFAULTS["learning_rate"], type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
-@click.option("--lr-scheduler", default=TRAIN_DEFAULTS["lr_scheduler"], type=click.Choice(["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial"]), help="Learning rate schedule.")
+@click.option("--lr-scheduler", default=TRAIN_DEFAULTS["lr_scheduler"], type=click.Choice(SCHEDULERS), help="Learning rate schedule.")
 @click.option("--warmup-steps", default=TRAIN_DEFAULTS["warmup_steps"], type=click.IntRange(min=0), help="Steps of linear warm-up.")
 @click.option("--batch-size", default=TRAIN_DEFAULTS["batch_size"], type=click.IntRange(min=1), help="Rows per device per step.")
 @click.option("--gradient-accumulation-steps", default=TRAIN_DEFAULTS["gradient_accumulation_steps"], type=click.IntRange(min=1), help="Batches per optimizer step.")
@@ -263,7 +267,7 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
 @click.option("--load-in-8bit", is_flag=True, help="Load the base model in 8 bits (CUDA and bitsandbytes).")
 @click.option("--num-workers", default=TRAIN_DEFAULTS["num_workers"], type=click.IntRange(min=0), help="Data loader worker processes.")
 @click.option("--log-rows", is_flag=True, help="Write the ids of the rows each process trained on to rows-rank<N>.txt.")
-@click.option("--report-to", default=TRAIN_DEFAULTS["report_to"], type=click.Choice(["none", "tensorboard", "all"]),
+@click.option("--report-to", default=TRAIN_DEFAULTS["report_to"], type=click.Choice(REPORTERS),
               help="Where metrics go besides OUT/train.log and OUT/loss.jsonl: tensorboard (OUT/logs), every integration installed, or none [default: tensorboard when installed].")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the output folder.")
 @click.option("--resume-from", default=TRAIN_DEFAULTS["resume_from"], type=click.Path(exists=True, file_okay=False), help="Continue from this checkpoint.")

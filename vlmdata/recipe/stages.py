@@ -21,7 +21,10 @@ from typing import Any
 
 from vlmdata.media.options import MediaOptions, Resize
 from vlmdata.parallel import openmp_threads_wait_passively
+from vlmdata.readers import FORMATS
 from vlmdata.readers.options import ReaderOptions
+
+FORMAT_CHOICES = ("auto", *FORMATS)  # auto: detected from the first source
 
 _MEDIA, _READER = MediaOptions(), ReaderOptions()
 
