@@ -58,6 +58,8 @@ MAPPING = [
     ("logging_steps", 5, "train", "logging_steps", 5),
     ("save_steps", 200, "train", "save_steps", 200),
     ("save_total_limit", 3, "train", "save_total_limit", 3),
+    ("report_to", "none", "train", "report_to", "none"),
+    ("report_to", "tensorboard", "train", "report_to", "tensorboard"),
     ("output_dir", "out/model", "train", "out_dir", "out/model"),
 ]
 
@@ -164,6 +166,7 @@ def test_an_unknown_key_is_named_with_the_closest_known_key(document, message):
     "document, message",
     [
         ({"lr_scheduler": "rex"}, 'lr_scheduler is "rex", but it takes one of linear, cosine, constant,'),
+        ({"report_to": "wandb"}, 'report_to is "wandb", but it takes one of none, tensorboard, all.'),
         ({"lora_r": 0}, "lora_r is 0, but it takes a whole number of at least 1."),
         ({"lora_r": True}, "lora_r is true, but it takes a whole number of at least 1."),
         ({"lora_dropout": 1.5}, "lora_dropout is 1.5, but it takes a number at least 0 and at most 1."),
@@ -255,7 +258,7 @@ def test_the_keys_fill_options_the_commands_have_with_the_same_choices():
     from vlmdata.media.options import RESIZE_ALGORITHMS, RESIZE_MODES
     from vlmdata.readers import FORMATS
     from vlmdata.tokenize import TRUNCATE as TOKENIZE_TRUNCATE
-    from vlmdata.train.run import SCHEDULERS
+    from vlmdata.train.run import REPORTERS, SCHEDULERS
 
     params = {name: {param.name: param for param in cli.commands[name].params} for name in ("convert", "tokenize", "train")}
     for key in KEYS.values():
@@ -265,6 +268,7 @@ def test_the_keys_fill_options_the_commands_have_with_the_same_choices():
     # Each list as the module that owns it defines it: what the stage itself accepts.
     choices = {
         ("lr_scheduler", "train", "lr_scheduler"): SCHEDULERS,
+        ("report_to", "train", "report_to"): REPORTERS,
         ("image_resize_algorithm", "convert", "resize_algorithm"): RESIZE_ALGORITHMS,
         ("vlmdata.resize_mode", "convert", "resize_mode"): RESIZE_MODES,
         ("vlmdata.format", "convert", "source_format"): ("auto", *FORMATS),

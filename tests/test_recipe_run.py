@@ -110,6 +110,7 @@ def test_the_seed_config_runs_end_to_end_and_again_only_where_settings_changed(s
 
 
 def test_a_recipe_runs_from_python_and_the_command_line_finds_its_stages_done(seed_recipe, tmp_path):
+    seed_recipe.write_text(seed_recipe.read_text() + "report_to: none\n")
     lines = []
     result = run_recipe(seed_recipe, quiet=True, echo=lines.append)
     prepared, lora = tmp_path / "lora-prepared", tmp_path / "lora"
@@ -121,6 +122,8 @@ def test_a_recipe_runs_from_python_and_the_command_line_finds_its_stages_done(se
     convert, tokenize, train = (result.stages[name].summary for name in ("convert", "tokenize", "train"))
     assert convert.rows_written == 12 and tokenize.rows_written == len(datasets.load_from_disk(str(prepared / "shards")))
     assert train.steps == 2 and train.last_loss is not None
+    assert json.loads((lora / "vlmdata.json").read_text())["options"]["report_to"] == "none"
+    assert not (lora / "logs").exists()
     # What `vlmdata run` prints, through echo: each stage's line and summary, then the folders.
     assert stage_lines("\n".join(lines)) == ["convert: running, as it has not run yet",
                                             "tokenize: running, as an earlier stage ran",

@@ -60,6 +60,7 @@ EVERY_KEY = {
     "logging_steps": 2,
     "save_steps": 4,
     "save_total_limit": 1,
+    "report_to": "none",
     "vlmdata": {"format": "jsonl", "resize_mode": "fit", "audio_sampling_rate": 24000, "truncate": "text",
                 "num_proc": 2, "strict": True, "train_vision": True},
 }

@@ -31,7 +31,7 @@ from vlmdata.recipe.checks import (
     yes_no,
 )
 from vlmdata.recipe.stages import FORMAT_CHOICES
-from vlmdata.train.options import SCHEDULERS
+from vlmdata.train.options import REPORTERS, SCHEDULERS
 
 OWN_SECTION = "vlmdata"
 ADAPTERS = ("lora", "qlora", "full")
@@ -116,6 +116,7 @@ _KEYS = (
     Key("logging_steps", whole_number(minimum=1), ("train.logging_steps",)),
     Key("save_steps", whole_number(minimum=1), ("train.save_steps",)),
     Key("save_total_limit", whole_number(minimum=1), ("train.save_total_limit",)),
+    Key("report_to", one_of(*REPORTERS), ("train.report_to",)),
     Key("output_dir", text, ("train.out_dir",)),
     Key("strict", yes_no),
     # vlmdata's own
