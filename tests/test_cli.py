@@ -62,3 +62,11 @@ def test_help_shows_defaults():
     result = run("convert", "--help")
     assert result.returncode == 0
     assert "--resize-algorithm" in result.stdout and "[default: bilinear]" in result.stdout
+
+
+def test_the_command_line_and_the_recipe_runner_import_no_torch():
+    # OpenMP reads its settings when torch is imported, which tokenize sets first: importing torch earlier,
+    # to declare the commands or to read a recipe, would be too late for them.
+    code = ("import sys, vlmdata.cli, vlmdata.recipe, vlmdata.recipe.run, vlmdata.recipe.stages; "
+            "print(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

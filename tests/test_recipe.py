@@ -12,7 +12,8 @@ from vlmdata.cli import cli
 from vlmdata.errors import FatalError
 from vlmdata.models.registry import FAMILIES
 from vlmdata.recipe import command_options, folders, load_recipe, parse_recipe
-from vlmdata.recipe.keys import FORMATS, KEYS, RESIZE_ALGORITHMS, RESIZE_MODES, SCHEDULERS, TRAIN_ON, TRUNCATE
+from vlmdata.recipe.checks import BadValue
+from vlmdata.recipe.keys import KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_REGEX = r"model.language_model.layers.[\d]+.(mlp|cross_attn|self_attn).(up|down|gate|q|k|v|o)_proj"
@@ -57,6 +58,8 @@ MAPPING = [
     ("logging_steps", 5, "train", "logging_steps", 5),
     ("save_steps", 200, "train", "save_steps", 200),
     ("save_total_limit", 3, "train", "save_total_limit", 3),
+    ("report_to", "none", "train", "report_to", "none"),
+    ("report_to", "tensorboard", "train", "report_to", "tensorboard"),
     ("output_dir", "out/model", "train", "out_dir", "out/model"),
 ]
 
@@ -163,6 +166,7 @@ def test_an_unknown_key_is_named_with_the_closest_known_key(document, message):
     "document, message",
     [
         ({"lr_scheduler": "rex"}, 'lr_scheduler is "rex", but it takes one of linear, cosine, constant,'),
+        ({"report_to": "wandb"}, 'report_to is "wandb", but it takes one of none, tensorboard, all.'),
         ({"lora_r": 0}, "lora_r is 0, but it takes a whole number of at least 1."),
         ({"lora_r": True}, "lora_r is true, but it takes a whole number of at least 1."),
         ({"lora_dropout": 1.5}, "lora_dropout is 1.5, but it takes a number at least 0 and at most 1."),
@@ -250,17 +254,32 @@ def test_the_tiny_recipe_points_at_the_bundled_fixtures():
 
 
 def test_the_keys_fill_options_the_commands_have_with_the_same_choices():
+    from vlmdata.labels import TRAIN_ON, TRUNCATE
+    from vlmdata.media.options import RESIZE_ALGORITHMS, RESIZE_MODES
+    from vlmdata.readers import FORMATS
+    from vlmdata.train.run import REPORTERS, SCHEDULERS
+
     params = {name: {param.name: param for param in cli.commands[name].params} for name in ("convert", "tokenize", "train")}
     for key in KEYS.values():
         for target in key.fills:
             command, option = target.split(".")
             assert option in params[command], (key.name, target)
-    choices = {("train", "lr_scheduler"): SCHEDULERS, ("convert", "resize_algorithm"): RESIZE_ALGORITHMS,
-               ("convert", "resize_mode"): RESIZE_MODES, ("convert", "source_format"): FORMATS,
-               ("tokenize", "train_on"): TRAIN_ON, ("tokenize", "truncate"): TRUNCATE}
-    for (command, option), values in choices.items():
+    # Each list as the module that owns it defines it: what the stage itself accepts.
+    choices = {
+        ("lr_scheduler", "train", "lr_scheduler"): SCHEDULERS,
+        ("report_to", "train", "report_to"): REPORTERS,
+        ("image_resize_algorithm", "convert", "resize_algorithm"): RESIZE_ALGORITHMS,
+        ("vlmdata.resize_mode", "convert", "resize_mode"): RESIZE_MODES,
+        ("vlmdata.format", "convert", "source_format"): ("auto", *FORMATS),
+        ("vlmdata.train_on", "tokenize", "train_on"): TRAIN_ON,
+        ("vlmdata.truncate", "tokenize", "truncate"): TRUNCATE,
+    }
+    for (key, command, option), values in choices.items():
         param_type = params[command][option].type
         assert isinstance(param_type, click.Choice) and tuple(param_type.choices) == values, (command, option)
+        with pytest.raises(BadValue) as error:
+            KEYS[key].check("no-such-choice")
+        assert str(error.value) == f"one of {', '.join(values)}", key
 
 
 def recipes_section() -> str:

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from tests.fixture_data import build_once, hub_offline
 from tests.tokenize_fixtures import tiny_model
 from vlmdata.cli import cli
+from vlmdata.recipe import Recipe, load_recipe, run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 VLMDATA = str(Path(sys.executable).parent / "vlmdata")
@@ -106,6 +107,47 @@ def test_the_seed_config_runs_end_to_end_and_again_only_where_settings_changed(s
     ]
     assert stage_lines(output)[2] == "train: running, as its settings changed (max_steps: 2 -> 3)"
     assert json.loads((lora / "vlmdata.json").read_text())["steps"] == 3
+
+
+def test_a_recipe_runs_from_python_and_the_command_line_finds_its_stages_done(seed_recipe, tmp_path):
+    seed_recipe.write_text(seed_recipe.read_text() + "report_to: none\n")
+    lines = []
+    result = run_recipe(seed_recipe, quiet=True, echo=lines.append)
+    prepared, lora = tmp_path / "lora-prepared", tmp_path / "lora"
+    assert [(stage.name, stage.ran, stage.reason, stage.out_dir) for stage in result.stages.values()] == [
+        ("convert", True, "it has not run yet", str(prepared / "normalised")),
+        ("tokenize", True, "an earlier stage ran", str(prepared / "shards")),
+        ("train", True, "an earlier stage ran", str(lora)),
+    ]
+    convert, tokenize, train = (result.stages[name].summary for name in ("convert", "tokenize", "train"))
+    assert convert.rows_written == 12 and tokenize.rows_written == len(datasets.load_from_disk(str(prepared / "shards")))
+    assert train.steps == 2 and train.last_loss is not None
+    assert json.loads((lora / "vlmdata.json").read_text())["options"]["report_to"] == "none"
+    assert not (lora / "logs").exists()
+    # What `vlmdata run` prints, through echo: each stage's line and summary, then the folders.
+    assert stage_lines("\n".join(lines)) == ["convert: running, as it has not run yet",
+                                            "tokenize: running, as an earlier stage ran",
+                                            "train: running, as an earlier stage ran"]
+    assert f"Converted 12 of 12 rows in {convert.elapsed_s:.1f} s -> {prepared / 'normalised'}" in lines
+    assert f"Trained 2 steps -> {lora}" in lines
+    assert lines[-4:] == [f"Recipe {seed_recipe} done:", f"  normalised dataset  {prepared / 'normalised'}",
+                          f"  token shards        {prepared / 'shards'}", f"  trained model       {lora}"]
+
+    # The command line finds every stage complete for the same settings, and prints what Python is given.
+    code, output = run("run", seed_recipe, "--quiet")
+    assert code == 0, output
+    skipped = []
+    result = run_recipe(seed_recipe, echo=skipped.append)
+    assert output.splitlines() == skipped
+    assert [(stage.ran, stage.summary) for stage in result.stages.values()] == [(False, None)] * 3
+    assert result.stages["train"].reason == f"{lora} is complete for these settings"
+
+    # A Recipe changed in Python: only training runs again.
+    recipe = load_recipe(seed_recipe)
+    result = run_recipe(Recipe(recipe.source, {**recipe.values, "max_steps": 3}), quiet=True, echo=lambda line: None)
+    assert [stage.ran for stage in result.stages.values()] == [False, False, True]
+    assert result.stages["train"].reason == "its settings changed (max_steps: 2 -> 3)"
+    assert result.stages["train"].summary.steps == 3
 
 
 def test_a_changed_data_key_reruns_its_stage_and_every_later_one(seed_recipe, tmp_path):

@@ -17,6 +17,8 @@ import numpy as np
 
 IGNORE_INDEX = -100
 TRAIN_ON = ("assistant", "all", "last")
+# What is done with a row longer than the maximum length: rejected (none), or cut after its last media token (text).
+TRUNCATE = ("none", "text")
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 
 

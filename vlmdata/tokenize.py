@@ -25,7 +25,7 @@ from vlmdata.arrow_folder import ArrowFolderWriter
 from vlmdata.calibration import TokenizePlan, calibrate
 from vlmdata.errors import FatalError, RowError
 from vlmdata.executors import Executor, LocalExecutor
-from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, has_generation_markers, make_labels, text_cut_allowed
+from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, TRUNCATE, has_generation_markers, make_labels, text_cut_allowed
 from vlmdata.models.loading import LoadedProcessor, load_processor
 from vlmdata.modalities import processor_messages
 from vlmdata.models.registry import load_template
@@ -40,7 +40,6 @@ from vlmdata.stage import (
 )
 from vlmdata.versions import library_versions
 
-TRUNCATE = ("none", "text")
 
 
 @dataclass(frozen=True)

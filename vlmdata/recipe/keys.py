@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmdata.labels import TRAIN_ON, TRUNCATE
+from vlmdata.media.options import RESIZE_ALGORITHMS, RESIZE_MODES
 from vlmdata.models.registry import template_names
 from vlmdata.recipe.checks import (
     BadValue,
@@ -28,16 +30,10 @@ from vlmdata.recipe.checks import (
     whole_number,
     yes_no,
 )
+from vlmdata.recipe.stages import FORMAT_CHOICES
+from vlmdata.train.options import REPORTERS, SCHEDULERS
 
 OWN_SECTION = "vlmdata"
-# The same lists as the commands' --lr-scheduler, --resize-algorithm, ... choices (a test keeps them equal);
-# repeated here so that reading a recipe does not import torch.
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
-RESIZE_ALGORITHMS = ("bilinear", "bicubic", "lanczos", "nearest")
-RESIZE_MODES = ("letterbox", "exact", "fit")
-FORMATS = ("auto", "llava-instruct-mix", "mmiu", "jsonl", "sharegpt")
-TRAIN_ON = ("assistant", "all", "last")
-TRUNCATE = ("none", "text")
 ADAPTERS = ("lora", "qlora", "full")
 # axolotl's name for "the template the tokenizer ships with": the packaged copy of it marks the replies.
 TOKENIZER_DEFAULT = "tokenizer_default"
@@ -120,12 +116,13 @@ _KEYS = (
     Key("logging_steps", whole_number(minimum=1), ("train.logging_steps",)),
     Key("save_steps", whole_number(minimum=1), ("train.save_steps",)),
     Key("save_total_limit", whole_number(minimum=1), ("train.save_total_limit",)),
+    Key("report_to", one_of(*REPORTERS), ("train.report_to",)),
     Key("output_dir", text, ("train.out_dir",)),
     Key("strict", yes_no),
     # vlmdata's own
     Key("vlmdata.normalised_dir", text, ("convert.out_dir", "tokenize.data")),
     Key("vlmdata.shards_dir", text, ("tokenize.out_dir", "train.shards")),
-    Key("vlmdata.format", one_of(*FORMATS), ("convert.source_format",)),
+    Key("vlmdata.format", one_of(*FORMAT_CHOICES), ("convert.source_format",)),
     Key("vlmdata.media_root", text, ("convert.media_root",)),
     Key("vlmdata.resize_mode", one_of(*RESIZE_MODES), ("convert.resize_mode",)),
     Key("vlmdata.audio_sampling_rate", whole_number(minimum=1), ("convert.audio_sampling_rate",)),

@@ -1,7 +1,8 @@
 """From a checked recipe to the options of `vlmdata convert`, `tokenize` and `train`.
 
 The options are keyed by the commands' own parameter names, so a command reads them as its defaults
-(`--config`) and `vlmdata run` runs each command on them: one meaning of every key, whichever way it is used.
+(`--config`) and `run_recipe` runs each stage on them, over the commands' defaults: one meaning of every key,
+whichever way it is used.
 
 Example:
     >>> from vlmdata.recipe import parse_recipe

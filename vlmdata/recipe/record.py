@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlmdata.arrow_folder import PARTIAL_SUFFIX
-
 METADATA_FILE = "vlmdata.json"
 RECORD_KEY = "recipe"
 TRAIN_PROGRESS = ("loss.jsonl", "checkpoints")
@@ -48,6 +46,9 @@ def why_stale(out_dir: str | Path, stage: str, settings: Mapping[str, Any]) -> s
 
     Every stage writes `vlmdata.json` last, so a folder with that file is complete.
     """
+    # Imported here: arrow_folder imports datasets, which the command line would otherwise load just to start.
+    from vlmdata.arrow_folder import PARTIAL_SUFFIX
+
     path = Path(out_dir) / METADATA_FILE
     if not path.is_file():
         # convert and tokenize build OUT.partial and rename it when done: one left over means a killed run.

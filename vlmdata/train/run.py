@@ -27,14 +27,13 @@ from vlmdata.train.callbacks import LossLog, ProgressBar, RowLog, TextLog
 from vlmdata.train.collator import PixelDecoding, ShardCollator
 from vlmdata.train.data import ArrowRows, Shards, open_shards, split_eval
 from vlmdata.train.model import AdapterOptions, count_parameters, load_model, prepare
+from vlmdata.train.options import REPORTERS, SCHEDULERS
 from vlmdata.train.plot import plot_loss
 from vlmdata.versions import library_versions
 
 CHECKPOINTS_DIR = "checkpoints"
 LOSS_LOG, LOSS_PLOT, METRICS_FILE, METADATA_FILE = "loss.jsonl", "loss.png", "metrics.json", "vlmdata.json"
 TEXT_LOG, TENSORBOARD_DIR = "train.log", "logs"
-REPORTERS = ("none", "tensorboard", "all")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 
 
 @dataclass(frozen=True)
