@@ -56,6 +56,24 @@ config_option = click.option(
 )
 
 
+def stage_options(defaults: dict):
+    """The options convert and tokenize share: how they run and what they do with bad rows and old output."""
+
+    def decorate(command):
+        for option in reversed((
+            click.option("--num-proc", default=defaults["num_proc"], type=click.IntRange(min=1),
+                         help="Worker processes; the output is the same for any value."),
+            click.option("--strict", is_flag=True, help="Stop at the first bad row instead of recording it in rejects.jsonl."),
+            click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists."),
+            click.option("--quiet", is_flag=True, help="No progress bar."),
+            config_option,
+        )):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @cli.command()
 @click.argument("sources", nargs=-1, required=True)
 @click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -135,16 +153,7 @@ config_option = click.option(
     type=click.IntRange(min=1),
     help="Images with more pixels are refused from their header, before any pixel is decoded.",
 )
-@click.option(
-    "--num-proc",
-    default=CONVERT_DEFAULTS["num_proc"],
-    type=click.IntRange(min=1),
-    help="Worker processes; the output is the same for any value.",
-)
-@click.option("--strict", is_flag=True, help="Stop at the first bad row instead of recording it in rejects.jsonl.")
-@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@config_option
+@stage_options(CONVERT_DEFAULTS)
 def convert(**options) -> None:
     """Convert SOURCES into a normalised dataset (messages, images, audios) that datasets.load_from_disk reads.
 
@@ -184,16 +193,7 @@ def convert(**options) -> None:
     type=click.Choice(TRAIN_ON),
     help="Tokens that get a loss: every assistant reply, every text token, or the last reply.",
 )
-@click.option(
-    "--num-proc",
-    default=TOKENIZE_DEFAULTS["num_proc"],
-    type=click.IntRange(min=1),
-    help="Worker processes; the output is the same for any value.",
-)
-@click.option("--strict", is_flag=True, help="Stop at the first bad row instead of recording it in rejects.jsonl.")
-@click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@config_option
+@stage_options(TOKENIZE_DEFAULTS)
 def tokenize(**options) -> None:
     """Tokenize the normalised dataset DATA into token shards (input_ids, labels, model tensors) for one model.
 
