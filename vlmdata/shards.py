@@ -135,17 +135,16 @@ def load_shards(folder: str | Path) -> datasets.Dataset:
 
 def numpy_rows(dataset: datasets.Dataset) -> datasets.Dataset:
     """`dataset` with rows of numpy arrays in their stored dtypes."""
-    # dtype=None goes to np.asarray: without it the numpy format widens every integer to int64, which makes
-    # reading uint8 pixel codes ten times slower and eight times larger.
+    # dtype=None goes to np.asarray: without it the numpy format widens every integer to int64, making uint8
+    # pixel codes eight times larger and much slower to read.
     return dataset.with_format("numpy", dtype=None)
 
 
 def arrow_row(table: pa.Table) -> dict[str, Any]:
     """One row of `dataset.with_format("arrow")` as numpy arrays that share the memory-mapped shard's memory.
 
-    The numpy format copies every row's pixels on the way out (about 20 ms for a batch of 8 Gemma 3 rows);
-    these views copy nothing, and batching makes the one copy a batch needs. Scalars and strings come out as
-    Python values.
+    The numpy format copies every row's pixels on the way out (bench/notes.md has the cost); these views copy
+    nothing, and batching makes the one copy a batch needs. Scalars and strings come out as Python values.
     """
     row: dict[str, Any] = {}
     for name in table.column_names:
