@@ -184,3 +184,22 @@ def test_a_chat_template_file_is_used_and_recorded(tmp_path):
     assert metadata["chat_template"] == metadata["arguments"]["chat_template"] == str(custom)
     saved = AutoProcessor.from_pretrained(tmp_path / "shards" / "processor")
     assert saved.chat_template == custom.read_text()
+
+
+def test_truncation_cuts_only_the_tensors_the_layout_says_run_along_the_tokens():
+    from vlmdata.batching import Batching
+    from vlmdata.tensor_spec import Storage, TensorLayout, TensorSpec
+    from vlmdata.tokenize import _cut_per_token
+
+    def spec(name, batching, tail):
+        return TensorSpec(name=name, batching=batching, storage=Storage.ARRAY, dtype="torch.float32",
+                          stored_dtype="float32", tail=tail)
+
+    # Audio features of as many frames as the row has tokens look per-token by their shape alone.
+    layout = TensorLayout((spec("input_features", Batching.PER_ITEM, (12, 8)), spec("token_type_ids", Batching.PER_TOKEN, ())))
+    outputs = {name: torch.zeros(1, 12, *rest) for name, rest in
+               (("input_ids", ()), ("attention_mask", ()), ("assistant_masks", ()), ("token_type_ids", ()), ("input_features", (8,)))}
+    _cut_per_token(outputs, layout, 5)
+    assert {name: tuple(tensor.shape) for name, tensor in outputs.items()} == {
+        "input_ids": (1, 5), "attention_mask": (1, 5), "assistant_masks": (1, 5), "token_type_ids": (1, 5),
+        "input_features": (1, 12, 8)}

@@ -38,7 +38,16 @@ from vlmdata.labels import IGNORE_INDEX
 from vlmdata.pixels import PixelStorage
 
 
-class Batching(enum.StrEnum):
+if hasattr(enum, "StrEnum"):
+    StrEnum = enum.StrEnum
+else:  # Python 3.10: the same, a member is its value wherever a string is used
+
+    class StrEnum(str, enum.Enum):
+        __str__ = str.__str__
+        __format__ = str.__format__
+
+
+class Batching(StrEnum):
     """Which axis of a model input says whose it is, which decides how rows merge."""
 
     PER_TOKEN = "per_token"  # [1, L, ...]: one entry per token of the row
@@ -46,7 +55,7 @@ class Batching(enum.StrEnum):
     PER_ITEM = "per_item"  # [items, ...]: one entry per image, patch or audio clip of the row
 
 
-class Padding(enum.StrEnum):
+class Padding(StrEnum):
     """What fills the room a batch adds to a row."""
 
     VALUE = "value"  # the rule's pad value

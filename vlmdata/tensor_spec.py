@@ -16,14 +16,13 @@ A spec says, for one tensor:
 
 from __future__ import annotations
 
-import enum
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import datasets
 import torch
 
-from vlmdata.batching import Batching, BatchRule, Padding, token_rules
+from vlmdata.batching import Batching, BatchRule, Padding, StrEnum, token_rules
 from vlmdata.pixels import PixelCodec, PixelStorage
 
 # Outputs of the processor that are not stored: the attention mask of an unpadded row is all ones and is
@@ -35,7 +34,7 @@ FLOAT_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16", "torch.float
 FAMILY_PADDING = {"aspect_ratio_mask": Padding.FIRST_TILE}
 
 
-class Storage(enum.StrEnum):
+class Storage(StrEnum):
     """How a tensor's values sit in its column(s)."""
 
     LIST = "list"  # a 1-D list

@@ -239,7 +239,7 @@ def tokenize_row(
     """
     outputs = call.apply(loaded.processor, messages, options.template)
     assistant_turns = sum(message["role"] == "assistant" for message in messages)
-    columns = _token_columns(outputs, loaded, options, assistant_turns)
+    columns = _token_columns(outputs, loaded, options, assistant_turns, layout)
     columns.update(encode_tensors(outputs, layout))
     return columns
 
@@ -271,7 +271,7 @@ def _read_dataset(data_dir: str | Path) -> datasets.Dataset:
 
 
 def _token_columns(
-    outputs: dict, loaded: LoadedProcessor, options: TokenizeOptions, assistant_turns: int
+    outputs: dict, loaded: LoadedProcessor, options: TokenizeOptions, assistant_turns: int, layout: TensorLayout
 ) -> dict[str, Any]:
     """input_ids, labels and length, cutting `outputs`' per-token tensors in place when truncating."""
     input_ids = outputs["input_ids"][0].numpy()
@@ -290,17 +290,19 @@ def _token_columns(
             raise RowError(
                 f"{length} tokens, more than --max-length {options.max_length}, and the cut would go through media tokens"
             )
-        _cut_per_token(outputs, length, options.max_length)
+        _cut_per_token(outputs, layout, options.max_length)
         input_ids, labels = outputs["input_ids"][0].numpy(), labels[: options.max_length]
     if not np.any(labels != IGNORE_INDEX):
         raise RowError(f"no token to train on (--train-on {options.train_on})")
     return {"input_ids": input_ids.astype(np.int32), "labels": labels.astype(np.int32), "length": np.int32(len(input_ids))}
 
 
-def _cut_per_token(outputs: dict, length: int, max_length: int) -> None:
-    for name, tensor in list(outputs.items()):
-        if hasattr(tensor, "ndim") and tensor.ndim >= 2 and tensor.shape[0] == 1 and tensor.shape[1] == length:
-            outputs[name] = tensor[:, :max_length]
+def _cut_per_token(outputs: dict, layout: TensorLayout, max_length: int) -> None:
+    # The tensors the layout knows run along the tokens, never one whose shape only happens to match
+    # (audio features with as many frames as the row has tokens).
+    per_token = {"input_ids", "attention_mask", "assistant_masks"} | {spec.name for spec in layout.tensors if spec.per_token}
+    for name in per_token & set(outputs):
+        outputs[name] = outputs[name][:, :max_length]
 
 
 def _save_processor(loaded: LoadedProcessor, template: str, folder: Path) -> None:
