@@ -114,6 +114,9 @@ def source_rows(url) -> list[dict]:
         *[ask(f"written-{name}", image("path", f"media/{name}"), "What is it?") for name in (
             "palette.png", "la.png", "cmyk.jpg", "grey16.png", "rgba.png", "animated.gif", "rotated.jpg")],
         ask("written-url-after-a-500", image("url", url("/flaky.png"))),
+        {"id": "written-one-empty-reply-among-others", "messages": [
+            {"role": "user", "content": "One?"}, {"role": "assistant", "content": ""},
+            {"role": "user", "content": "Two?"}, {"role": "assistant", "content": "Two."}]},
         ask("written-url-with-wrong-content-type", image("url", url("/png-labelled-html"))),
         ask("corrupt-image", image("path", "media/corrupt.png")),
         ask("truncated-jpeg", image("path", "media/truncated.jpg")),
@@ -129,6 +132,9 @@ def source_rows(url) -> list[dict]:
                                             {"role": "assistant", "content": "y"}]},
         ask("text-not-a-string", {"type": "text", "text": 42}),
         {"id": "no-assistant-turn", "messages": [{"role": "user", "content": "Anyone?"}]},
+        {"id": "every-reply-empty", "messages": [
+            {"role": "user", "content": "One?"}, {"role": "assistant", "content": "  "},
+            {"role": "user", "content": "Two?"}, {"role": "assistant", "content": [{"type": "text", "text": ""}]}]},
         ask("url-404", image("url", url("/missing.png"))),
         ask("url-500", image("url", url("/down.png"))),
         ask("url-html-instead-of-image", image("url", url("/login.html"))),
@@ -157,6 +163,7 @@ REJECTED = {
     "unknown-role": ("normalise", r"message 0: unknown role 'narrator'"),
     "text-not-a-string": ("normalise", r"part 0: text is a int, expected a string"),
     "no-assistant-turn": ("normalise", r"the conversation has no assistant message"),
+    "every-reply-empty": ("normalise", r"every assistant turn is empty \(2 of them\)"),
     "url-404": ("image", r"GET http://127.0.0.1:\d+/missing.png failed: 404 Not Found"),
     "url-500": ("image", r"/down.png failed: 500 Internal Server Error \(after 2 attempts\)"),
     "url-html-instead-of-image": ("image", r"cannot decode image 'http://\S+/login.html': not a recognised image"),

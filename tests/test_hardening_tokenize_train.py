@@ -247,3 +247,24 @@ def test_rows_of_a_shape_convert_never_writes_are_rejects_not_a_crash(case, tmp_
     assert (summary.rows_read, summary.rows_written, summary.rows_rejected) == (1, 0, 1)
     (reject,) = _rejects(tmp_path / "shards")
     assert reject["id"] == "odd" and reject["stage"] == "media" and reject["reason"].startswith(reason), reject
+
+
+def test_a_dataset_row_whose_replies_are_all_empty_is_rejected_and_one_empty_reply_among_others_is_kept(tmp_path):
+    features = datasets.Features({"messages": datasets.List({"role": datasets.Value("string"), "content": datasets.List(
+        {"type": datasets.Value("string"), "text": datasets.Value("string")})}), "id": datasets.Value("string")})
+
+    def turns(*replies):
+        messages = []
+        for number, reply in enumerate(replies):
+            messages += [{"role": "user", "content": [{"type": "text", "text": f"Question {number}?"}]},
+                         {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
+        return messages
+
+    rows = [{"messages": turns("", " "), "id": "all-empty"}, {"messages": turns("", "Yes."), "id": "one-empty"}]
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "data"))
+
+    summary = _tokenize(tmp_path / "data", tmp_path / "shards")
+
+    assert (summary.rows_read, summary.rows_written) == (2, 1)
+    (reject,) = _rejects(tmp_path / "shards")
+    assert (reject["id"], reject["stage"], reject["reason"]) == ("all-empty", "tokenize", "every assistant turn is empty (2 of them)")

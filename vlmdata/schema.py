@@ -62,6 +62,22 @@ def undecoded_features(features: datasets.Features) -> datasets.Features:
     return datasets.Features({**features, **as_stored})
 
 
+
+def check_assistant_content(messages: list[dict[str, Any]]) -> None:
+    """Refuses a conversation whose assistant turns are all empty: it would train nothing but end-of-turn
+    tokens. One empty turn among others is kept, as the conversation had it.
+
+    Raises:
+        RowError: no assistant turn holds text or media.
+    """
+    def holds_something(part: dict[str, Any]) -> bool:
+        return part.get("type") != "text" or bool((part.get("text") or "").strip())
+
+    replies = [message for message in messages if message["role"] == "assistant"]
+    if replies and not any(holds_something(part) for message in replies for part in message["content"]):
+        raise RowError(f"every assistant turn is empty ({len(replies)} of them)")
+
+
 @dataclass
 class Conversation:
     """One conversation in normalised form.
@@ -110,6 +126,7 @@ def normalise(record: dict[str, Any]) -> Conversation:
         _fill_from_column(parsed, modality, _media_column(record, modality))
     if not any(message["role"] == "assistant" for message in parsed):
         raise RowError("the conversation has no assistant message")
+    check_assistant_content(parsed)
 
     conversation = Conversation(messages=[])
     for message in parsed:

@@ -32,7 +32,7 @@ from vlmdata.models.registry import load_template
 from vlmdata.parallel import batched, computed_ahead
 from vlmdata.processor_call import ProcessorCall
 from vlmdata.rows import Reject
-from vlmdata.schema import undecoded_features
+from vlmdata.schema import check_assistant_content, undecoded_features
 from vlmdata.shards import PROCESSOR_DIR, TensorLayout, encode_tensors, rows_to_table
 from vlmdata.stage import (
     ROWS_PER_BATCH, BatchWorker, RowProgress, Stage, StageSummary, Tally, WrittenRow, check_num_proc, guarded,
@@ -237,6 +237,7 @@ def tokenize_row(
     Raises:
         RowError: the processor fails on it, it is too long, or it has nothing to train on.
     """
+    check_assistant_content(messages)  # a dataset not made by convert may have such rows
     outputs = call.apply(loaded.processor, messages, options.template)
     assistant_turns = sum(message["role"] == "assistant" for message in messages)
     columns = _token_columns(outputs, loaded, options, assistant_turns, layout)
