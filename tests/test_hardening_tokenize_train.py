@@ -268,3 +268,24 @@ def test_a_dataset_row_whose_replies_are_all_empty_is_rejected_and_one_empty_rep
     assert (summary.rows_read, summary.rows_written) == (2, 1)
     (reject,) = _rejects(tmp_path / "shards")
     assert (reject["id"], reject["stage"], reject["reason"]) == ("all-empty", "tokenize", "every assistant turn is empty (2 of them)")
+
+
+def test_damaged_arrow_data_in_the_normalised_dataset_costs_only_the_rows_it_holds(tmp_path):
+    # Text bytes that are not UTF-8 in the middle of an Arrow file: what a disk error or a bad copy leaves.
+    rows = [{"id": f"row-{n}", "messages": [{"role": "user", "content": [{"type": "text", "text": f"Question number {n}?"}]},
+                                            {"role": "assistant", "content": [{"type": "text", "text": "Yes."}]}]}
+            for n in range(20)]
+    features = datasets.Features({"messages": FEATURES["messages"], "id": datasets.Value("string")})
+    datasets.Dataset.from_list(rows, features=features).save_to_disk(str(tmp_path / "data"))
+    (arrow,) = (tmp_path / "data").glob("*.arrow")
+    data = arrow.read_bytes()
+    assert data.count(b"Question number 17?") == 1
+    arrow.write_bytes(data.replace(b"Question number 17?", b"Question number \xff\xfe?"))
+
+    summary = _tokenize(tmp_path / "data", tmp_path / "shards")
+
+    assert (summary.rows_read, summary.rows_written, summary.rows_rejected) == (20, 19, 1)
+    (reject,) = _rejects(tmp_path / "shards")
+    assert reject["id"].endswith(":17") and reject["stage"] == "read"
+    assert reject["reason"].startswith("cannot read row 17 of the dataset: UnicodeDecodeError")
+    assert datasets.load_from_disk(str(tmp_path / "shards"))["id"] == [f"row-{n}" for n in range(20) if n != 17]

@@ -12,6 +12,7 @@ writes the shards: uint8 pixel codes and typed Arrow arrays (`vlmdata.shards`), 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,9 +30,9 @@ from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, TRUNCATE, has_generation_mark
 from vlmdata.models.loading import LoadedProcessor, load_processor
 from vlmdata.modalities import processor_messages
 from vlmdata.models.registry import load_template
-from vlmdata.parallel import batched, computed_ahead
+from vlmdata.parallel import computed_ahead
 from vlmdata.processor_call import ProcessorCall
-from vlmdata.rows import Reject
+from vlmdata.rows import RawRow, Reject
 from vlmdata.schema import check_assistant_content, undecoded_features
 from vlmdata.shards import PROCESSOR_DIR, TensorLayout, encode_tensors, rows_to_table
 from vlmdata.stage import (
@@ -149,8 +150,9 @@ class TokenizeStage(Stage[TokenizeSummary]):
     def features(self) -> datasets.Features:
         return self.plan.layout.features()
 
-    def batches(self):
-        return batched(iter(self.dataset), ROWS_PER_BATCH)
+    def batches(self) -> Iterator[list[dict | RawRow]]:
+        for start in range(0, len(self.dataset), ROWS_PER_BATCH):
+            yield _read_rows(self.dataset, self.data_dir, start, min(start + ROWS_PER_BATCH, len(self.dataset)))
 
     def total_rows(self) -> int:
         return len(self.dataset)
@@ -209,7 +211,9 @@ class TokenizeWorker(BatchWorker[dict, LoadedProcessor]):
         decode = functools.partial(_decoded_messages, loaded=loaded, call=self.call)
         return [self._row(row, decoding, loaded) for row, decoding in computed_ahead(decode, batch)]
 
-    def _row(self, row: dict[str, Any], decoding: Future, loaded: LoadedProcessor) -> WrittenRow | Reject:
+    def _row(self, row: dict[str, Any] | RawRow, decoding: Future, loaded: LoadedProcessor) -> WrittenRow | Reject:
+        if isinstance(row, RawRow):
+            return Reject(row.source, row.id, "read", row.error)
         source, row_id = str(row.get("source") or ""), str(row.get("id") or "")
 
         def work(progress: RowProgress) -> WrittenRow:
@@ -224,7 +228,31 @@ class TokenizeWorker(BatchWorker[dict, LoadedProcessor]):
         return guarded(source, row_id, "media", work)
 
 
-def _decoded_messages(row: dict[str, Any], loaded: LoadedProcessor, call: ProcessorCall) -> tuple[list[dict], dict]:
+def _read_rows(dataset: datasets.Dataset, data_dir: str, start: int, stop: int) -> list[dict | RawRow]:
+    """Rows `start` to `stop` of the dataset; a row it cannot give (damaged Arrow data, text that is not UTF-8)
+    is a RawRow saying why, which its worker rejects: it costs that row, not the run."""
+    try:
+        return _as_rows(dataset[start:stop])
+    except Exception:
+        pass
+    rows = []
+    for index in range(start, stop):
+        try:
+            rows += _as_rows(dataset[index : index + 1])
+        except Exception as error:
+            reason = f"cannot read row {index} of the dataset: {type(error).__name__}: {error}"
+            rows.append(RawRow(f"{data_dir}:{index}", data_dir, None, error=reason))
+    return rows
+
+
+def _as_rows(columns: dict[str, list]) -> list[dict]:
+    names = list(columns)
+    return [dict(zip(names, values)) for values in zip(*columns.values())]
+
+
+def _decoded_messages(row: dict[str, Any] | RawRow, loaded: LoadedProcessor, call: ProcessorCall) -> tuple[list[dict], dict] | None:
+    if isinstance(row, RawRow):
+        return None
     messages, counts = processor_messages(row, loaded.family, loaded.processor)
     return call.prepare(messages), counts
 
