@@ -65,6 +65,19 @@ def test_media_root_is_a_sandbox(tmp_path):
     assert all("leads outside the media root" in reason for reason in rejected.values())
 
 
+def test_paths_no_file_can_have_are_bad_rows_with_their_reason(tmp_path):
+    (tmp_path / "cat.png").write_bytes(png())
+    rows = [row({"path": "cat.png"}, "fine"), row({"path": "c\x00at.png"}, "nul"), row({"path": "\ud800.png"}, "lone")]
+
+    written, rejected = convert(tmp_path, rows)
+
+    assert written == ["fine"]
+    assert rejected == {
+        "nul": "image 0: image path 'c\\x00at.png' contains a NUL byte",
+        "lone": "image 0: image path '\\ud800.png' holds characters no file name can hold (surrogates not allowed)",
+    }
+
+
 def test_block_private_urls_refuses_the_local_machine(tmp_path):
     with serve({"/cat.png": png()}) as server:
         rows = [row({"url": server.url("/cat.png")}, "loopback")]
