@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from transformers.integrations import is_tensorboard_available
 from tests.test_train import data_dir, shards  # noqa: F401 (fixtures)
 from tests.tokenize_fixtures import tiny_model
 from vlmdata.cli import cli
+from vlmdata.errors import FatalError
 from vlmdata.train import AdapterOptions, TrainOptions, train
 from vlmdata.train.callbacks import ProgressBar
 
@@ -86,6 +88,28 @@ def test_a_mistyped_shards_path_with_overwrite_keeps_the_previous_output(tmp_pat
     result = CliRunner().invoke(cli, ["train", str(tmp_path / "shrads"), "-o", str(out), "--overwrite", "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert (out / "adapter_model.safetensors").read_text() == "the previous run"
+
+
+def test_a_model_folder_that_does_not_exist_is_one_sentence_and_keeps_the_previous_output(shards, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_text("the previous run")
+    missing = tmp_path / "nope"
+    result = CliRunner().invoke(cli, ["train", str(shards("gemma3")), "-o", str(out), "--model", str(missing),
+                                      "--overwrite", "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == f"error: Cannot load the model {missing}: the model folder {missing} does not exist."
+    assert (out / "adapter_model.safetensors").read_text() == "the previous run"
+
+
+def test_shards_tokenized_for_a_folder_that_has_moved_say_so(shards, tmp_path):
+    moved = tmp_path / "shards"
+    shutil.copytree(shards("gemma3"), moved)
+    metadata = json.loads((moved / "vlmdata.json").read_text())
+    metadata["model"]["checkpoint"] = str(tmp_path / "moved-model")
+    (moved / "vlmdata.json").write_text(json.dumps(metadata))
+    with pytest.raises(FatalError, match=r"the model folder .*moved-model does not exist\. The shards were tokenized"):
+        train(str(moved), tmp_path / "out", options=_quick(), progress=False)
 
 
 def test_one_step_with_gradient_checkpointing_gives_a_finite_loss(shards, tmp_path):

@@ -201,7 +201,10 @@ def _checkpoint_step(checkpoint: str | None) -> int | None:
 def _checkpoint(model: str | None, shards: Shards) -> str:
     """The base model: the shards' own, unless `model` names another checkpoint of the same family."""
     if model is None:
-        return shards.checkpoint
+        try:
+            return resolve_checkpoint(shards.checkpoint)
+        except FatalError as error:  # tokenized from a folder that has moved, or on another machine
+            raise FatalError(f"{error} The shards were tokenized for it; pass --model to say where it is now.") from None
     checkpoint = resolve_checkpoint(model)
     tokenized_for, chosen = shards.metadata["model"].get("family"), _family_of(checkpoint)
     if tokenized_for and chosen and chosen != tokenized_for:
