@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
+import sys
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from tests.test_train import data_dir, shards  # noqa: F401 (fixtures)
 from tests.tokenize_fixtures import tiny_model
 from vlmdata.cli import cli
 from vlmdata.errors import FatalError
+from vlmdata.optional import require
 from vlmdata.train import AdapterOptions, TrainOptions, train
 from vlmdata.train.callbacks import ProgressBar
 
@@ -112,6 +115,39 @@ def test_shards_tokenized_for_a_folder_that_has_moved_say_so(shards, tmp_path):
         train(str(moved), tmp_path / "out", options=_quick(), progress=False)
 
 
+@pytest.mark.parametrize("missing, extra, alias", [("peft", "train", "gemma3"), ("accelerate", "train", "gemma3"),
+                                                   ("timm", "gemma3n", "gemma3n")])
+def test_a_missing_optional_dependency_is_one_sentence_naming_its_extra_before_any_work(
+    shards, tmp_path, monkeypatch, missing, extra, alias
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_text("the previous run")
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ModuleNotFoundError
+    result = CliRunner().invoke(cli, ["train", str(shards(alias)), "-o", str(out), "--overwrite", "--quiet"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # no traceback
+    line = result.output.strip()
+    assert line.startswith("error: ") and line.endswith(
+        f"needs {missing}, which is not installed: pip install 'vlmdata[{extra}]'."), line
+    assert (out / "adapter_model.safetensors").read_text() == "the previous run"
+
+
+def test_quantization_without_bitsandbytes_names_its_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(FatalError, match=re.escape(
+            "--load-in-4bit needs bitsandbytes, which is not installed: pip install 'vlmdata[quantization]'.")):
+        require("bitsandbytes", "quantization", "--load-in-4bit")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="quantization needs a CUDA GPU, checked first")
+def test_train_with_quantization_without_bitsandbytes_is_one_sentence(shards, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    result = CliRunner().invoke(cli, ["train", str(shards("gemma3")), "-o", str(tmp_path / "out"), "--load-in-4bit"])
+    assert result.exit_code == 1
+    assert "--load-in-4bit needs bitsandbytes, which is not installed: pip install 'vlmdata[quantization]'." in result.output
+    assert not (tmp_path / "out").exists()
+
+
 def test_one_step_with_gradient_checkpointing_gives_a_finite_loss(shards, tmp_path):
     summary = train(str(shards("gemma3")), tmp_path / "out", options=_quick(max_steps=1, gradient_checkpointing=True),
                     progress=False)
@@ -180,7 +216,8 @@ def test_report_to_none_writes_no_tensorboard_folder_and_sets_no_environment(cli
 @pytest.mark.skipif(is_tensorboard_available(), reason="tensorboard is installed")
 def test_report_to_tensorboard_without_tensorboard_is_one_clear_error(shards, tmp_path):
     result = CliRunner().invoke(cli, ["train", str(shards("gemma3")), "-o", str(tmp_path / "out"), "--report-to", "tensorboard"])
-    assert result.exit_code == 1 and "pip install tensorboard" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "needs tensorboard, which is not installed: pip install 'vlmdata[tensorboard]'" in result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from vlmdata.errors import FatalError
+from vlmdata.optional import require
 
 # Every family's language model names its projections this way; Mllama's cross-attention layers included.
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
@@ -42,6 +43,23 @@ class AdapterOptions:
     train_vision: bool = False
 
 
+def require_dependencies(family: str | None, quantization: str | None = None) -> None:
+    """Checks, before any work, that what the run needs is installed: the Trainer's accelerate and peft,
+    timm for Gemma 3n's vision tower, bitsandbytes and a CUDA GPU for quantization.
+
+    Raises:
+        FatalError: one sentence naming what is missing, and the extra that installs it.
+    """
+    require("accelerate", "train", "vlmdata train")
+    require("peft", "train", "vlmdata train")
+    if family == "gemma3n":
+        require("timm", "gemma3n", "Gemma 3n's vision tower")
+    if quantization:
+        if not torch.cuda.is_available():
+            raise FatalError(f"--load-in-{quantization} needs a CUDA GPU (bitsandbytes quantization); none is available.")
+        require("bitsandbytes", "quantization", f"--load-in-{quantization}")
+
+
 def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None = None) -> nn.Module:
     """The image-text-to-text model of `checkpoint`, in `dtype`, optionally quantized for QLoRA.
 
@@ -65,12 +83,7 @@ def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None 
 
 
 def _quantization_config(quantization: str, dtype: torch.dtype):
-    if not torch.cuda.is_available():
-        raise FatalError(f"--load-in-{quantization} needs a CUDA GPU (bitsandbytes quantization); none is available.")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise FatalError(f"--load-in-{quantization} needs bitsandbytes: pip install bitsandbytes") from None
+    require_dependencies(None, quantization)
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":

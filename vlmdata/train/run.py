@@ -26,7 +26,7 @@ from vlmdata.models.registry import family_for_config
 from vlmdata.train.callbacks import LossLog, ProgressBar, RowLog, TextLog
 from vlmdata.train.collator import PixelDecoding, ShardCollator
 from vlmdata.train.data import ArrowRows, Shards, open_shards, split_eval
-from vlmdata.train.model import AdapterOptions, count_parameters, load_model, prepare
+from vlmdata.train.model import AdapterOptions, count_parameters, load_model, prepare, require_dependencies
 from vlmdata.train.plot import plot_loss
 from vlmdata.versions import library_versions
 
@@ -111,6 +111,7 @@ def train(
     # Everything that can refuse the run does so before `--overwrite` removes the previous output.
     shards = open_shards(shards_source)
     checkpoint = _checkpoint(model, shards)
+    require_dependencies(shards.metadata["model"].get("family"), options.quantization)
     bf16 = _bf16(options.bf16)
     args = _training_arguments(out, options, bf16, _reporters(options.report_to))
     resume_from = _prepare_output(out, resume, overwrite)
@@ -285,7 +286,8 @@ def _reporters(report_to: str | None) -> str | list[str]:
     if report_to not in REPORTERS:
         raise FatalError(f"--report-to must be one of {', '.join(REPORTERS)}, got {report_to!r}.")
     if report_to == "tensorboard" and not is_tensorboard_available():
-        raise FatalError("--report-to tensorboard needs tensorboard: pip install tensorboard (or pass --report-to none).")
+        raise FatalError("--report-to tensorboard needs tensorboard, which is not installed: "
+                         "pip install 'vlmdata[tensorboard]' (or pass --report-to none).")
     return [] if report_to == "none" else ["tensorboard"] if report_to == "tensorboard" else "all"
 
 
