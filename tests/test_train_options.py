@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 
 import pytest
 import torch
@@ -17,13 +18,14 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText, TrainerControl, TrainerState
 from transformers.integrations import is_tensorboard_available
 
-from tests.test_train import data_dir, shards  # noqa: F401 (fixtures)
+from tests.test_train import MEMORISE, data_dir, shards  # noqa: F401 (fixtures)
 from tests.tokenize_fixtures import tiny_model
 from vlmdata.cli import cli
 from vlmdata.errors import FatalError
 from vlmdata.optional import require
 from vlmdata.train import AdapterOptions, TrainOptions, train
 from vlmdata.train.callbacks import ProgressBar
+from vlmdata.train.model import known_notices_silenced
 
 VISION = ("model.vision_tower.", "model.multi_modal_projector.")
 FEW_STEPS = ["--max-steps", "3", "--batch-size", "1", "--learning-rate", "5e-2", "--quiet"]
@@ -146,6 +148,29 @@ def test_train_with_quantization_without_bitsandbytes_is_one_sentence(shards, tm
     assert result.exit_code == 1
     assert "--load-in-4bit needs bitsandbytes, which is not installed: pip install 'vlmdata[quantization]'." in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_training_run_shows_none_of_the_known_library_notices(shards, tmp_path):
+    # A LoRA on the tied lm_head of Gemma 3, saved at a checkpoint and at the end: every notice would show.
+    options = _quick(adapter=AdapterOptions(lora_target_modules=MEMORISE), save_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(str(shards("gemma3")), tmp_path / "out", options=options, progress=False)
+    shown = [str(warning.message) for warning in caught]
+    for notice in ("is_gradient_checkpointing", "tie_word_embeddings=True", "save_embedding_layers"):
+        assert not [message for message in shown if notice in message], notice
+
+
+def test_only_the_known_library_notices_are_silenced():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with known_notices_silenced():
+            warnings.warn("Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`.")
+            warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
+            warnings.warn("`is_gradient_checkpointing` is deprecated, as a UserWarning")
+            warnings.warn("a real problem", RuntimeWarning)
+    assert [str(warning.message) for warning in caught] == [
+        "`is_gradient_checkpointing` is deprecated, as a UserWarning", "a real problem"]
 
 
 def test_one_step_with_gradient_checkpointing_gives_a_finite_loss(shards, tmp_path):

@@ -9,7 +9,10 @@ transformers' own (`model.language_model.layers.3.self_attn.q_proj`), which is w
 from __future__ import annotations
 
 import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -22,6 +25,15 @@ DEFAULT_LORA_TARGETS = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
 # The vision side of each family: the tower, the projector into the language model, Gemma 3n's embedder.
 VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "embed_vision")
 ADAPTERS = ("lora", "full")
+# What the libraries say on every run, which tells the user nothing about theirs: (category, start of message).
+KNOWN_NOTICES = (
+    # peft reads transformers' old name for activation checkpointing.
+    (FutureWarning, "`is_gradient_checkpointing` is deprecated"),
+    # The adapter is saved as safetensors and loads back exactly; merging it is the user's own step.
+    (UserWarning, "Model has `tie_word_embeddings=True` and a tied layer is part of the adapter"),
+    # A LoRA on lm_head (--lora-target-modules) saves the embedding layers with the adapter, as it should.
+    (UserWarning, "Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`"),
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +103,15 @@ def _quantization_config(quantization: str, dtype: torch.dtype):
     return BitsAndBytesConfig(load_in_8bit=True)
 
 
+@contextmanager
+def known_notices_silenced() -> Iterator[None]:
+    """Hides the KNOWN_NOTICES of transformers and peft inside the block; every other warning shows."""
+    with warnings.catch_warnings():
+        for category, start in KNOWN_NOTICES:
+            warnings.filterwarnings("ignore", message=re.escape(start), category=category)
+        yield
+
+
 def vision_modules(model: nn.Module) -> list[str]:
     """Names of the outermost vision-side modules (tower, projector) of a model."""
     found: list[str] = []
@@ -146,7 +167,8 @@ def prepare(model: nn.Module, options: AdapterOptions) -> nn.Module:
         modules_to_save=vision if options.train_vision else None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with known_notices_silenced():
+        return get_peft_model(model, config)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

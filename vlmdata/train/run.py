@@ -26,7 +26,8 @@ from vlmdata.models.registry import family_for_config
 from vlmdata.train.callbacks import LossLog, ProgressBar, RowLog, TextLog
 from vlmdata.train.collator import PixelDecoding, ShardCollator
 from vlmdata.train.data import ArrowRows, Shards, open_shards, split_eval
-from vlmdata.train.model import AdapterOptions, count_parameters, load_model, prepare, require_dependencies
+from vlmdata.train.model import (AdapterOptions, count_parameters, known_notices_silenced, load_model, prepare,
+                                 require_dependencies)
 from vlmdata.train.plot import plot_loss
 from vlmdata.versions import library_versions
 
@@ -147,12 +148,14 @@ def train(
         )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    with known_notices_silenced():  # checkpoints are saved while training
+        result = trainer.train(resume_from_checkpoint=resume_from)
 
     metrics = dict(result.metrics)
     if eval_rows is not None:
         metrics.update(trainer.evaluate())
-    trainer.save_model(str(out))
+    with known_notices_silenced():
+        trainer.save_model(str(out))
     records = loss_log.records() if trainer.is_world_process_zero() else []
     losses = [record["loss"] for record in records if "loss" in record]
     trainable_count, total_count = count_parameters(trainable)
