@@ -3,7 +3,7 @@
 Every reader that takes plain data files builds on `iter_records`: it never holds a whole file in memory and it
 turns a record it cannot parse into a `SourceRecord` with an error instead of stopping, so that each bad line
 reaches the rejects file with its line number. Whatever goes wrong while one record is parsed costs that record
-only; only a file that cannot be read on at all (not JSON, not parquet) stops its source.
+only; what stops a source is a file that cannot be read as a whole (not parquet, a JSON array broken half-way).
 """
 
 from __future__ import annotations
@@ -320,12 +320,12 @@ def _batch_rows(batch: pa.RecordBatch) -> list[tuple[dict[str, Any] | None, str 
     its row only."""
     try:
         return [(row, None) for row in batch.to_pylist()]
-    except Exception:
-        pass
-    rows: list[tuple[dict[str, Any] | None, str | None]] = []
-    for position in range(batch.num_rows):
-        try:
-            rows.append((batch.slice(position, 1).to_pylist()[0], None))
-        except Exception as exc:
-            rows.append((None, f"cannot read the row: {type(exc).__name__}: {exc}"))
-    return rows
+    except Exception:  # some row holds such a value: convert them one by one to find which
+        return [_one_row(batch, position) for position in range(batch.num_rows)]
+
+
+def _one_row(batch: pa.RecordBatch, position: int) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        return batch.slice(position, 1).to_pylist()[0], None
+    except Exception as exc:
+        return None, f"cannot read the row: {type(exc).__name__}: {exc}"
