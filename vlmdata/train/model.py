@@ -67,9 +67,13 @@ def require_dependencies(family: str | None, quantization: str | None = None) ->
     if family == "gemma3n":
         require("timm", "gemma3n", "Gemma 3n's vision tower")
     if quantization:
-        if not torch.cuda.is_available():
-            raise FatalError(f"--load-in-{quantization} needs a CUDA GPU (bitsandbytes quantization); none is available.")
-        require("bitsandbytes", "quantization", f"--load-in-{quantization}")
+        _require_quantization(quantization)
+
+
+def _require_quantization(quantization: str) -> None:
+    if not torch.cuda.is_available():
+        raise FatalError(f"--load-in-{quantization} needs a CUDA GPU (bitsandbytes quantization); none is available.")
+    require("bitsandbytes", "quantization", f"--load-in-{quantization}")
 
 
 def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None = None) -> nn.Module:
@@ -95,7 +99,7 @@ def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None 
 
 
 def _quantization_config(quantization: str, dtype: torch.dtype):
-    require_dependencies(None, quantization)
+    _require_quantization(quantization)
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
