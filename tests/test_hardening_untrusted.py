@@ -65,6 +65,19 @@ def test_media_root_is_a_sandbox(tmp_path):
     assert all("leads outside the media root" in reason for reason in rejected.values())
 
 
+def test_paths_no_file_can_have_are_bad_rows_with_their_reason(tmp_path):
+    (tmp_path / "cat.png").write_bytes(png())
+    rows = [row({"path": "cat.png"}, "fine"), row({"path": "c\x00at.png"}, "nul"), row({"path": "\ud800.png"}, "lone")]
+
+    written, rejected = convert(tmp_path, rows)
+
+    assert written == ["fine"]
+    assert rejected == {
+        "nul": "image 0: image path 'c\\x00at.png' contains a NUL byte",
+        "lone": "image 0: image path '\\ud800.png' holds characters no file name can hold (surrogates not allowed)",
+    }
+
+
 def test_block_private_urls_refuses_the_local_machine(tmp_path):
     with serve({"/cat.png": png()}) as server:
         rows = [row({"url": server.url("/cat.png")}, "loopback")]
@@ -148,3 +161,27 @@ def test_no_code_of_the_package_evaluates_or_unpickles_anything():
              for path in PACKAGE.rglob("*.py")
              for number, line in enumerate(path.read_text().splitlines(), 1) if dangerous.search(line)]
     assert found == []
+
+
+def test_files_whose_names_are_not_utf8_on_disk_convert_with_every_row(tmp_path):
+    from vlmdata.convert import convert
+
+    folder = os.fsencode(tmp_path)
+    png = io.BytesIO()
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(png, "PNG")
+    with open(os.path.join(folder, b"bad\xff.png"), "wb") as file:
+        file.write(png.getvalue())
+    row = {"messages": [{"role": "user", "content": [{"type": "image", "path": os.fsdecode(b"bad\xff.png")}]},
+                        {"role": "assistant", "content": "Red."}]}
+    rows = [json.dumps({**row, "id": f"row-{n}"}) for n in range(20)]
+    source = os.path.join(folder, b"rows\xfe.jsonl")  # the source file's own name is not UTF-8 either
+    with open(source, "w", encoding="utf-8") as file:
+        file.write("\n".join(rows) + "\n")
+
+    summary = convert([os.fsdecode(source)], tmp_path / "out", progress=False)
+
+    assert (summary.rows_read, summary.rows_written) == (20, 20)
+    dataset = datasets.load_from_disk(str(tmp_path / "out"))
+    assert dataset[0]["images"][0].size == (8, 6)
+    assert dataset.cast_column("images", datasets.List(datasets.Image(decode=False)))[0]["images"][0]["path"] == "bad\\udcff.png"
+    assert dataset[0]["source"].endswith("rows\\udcfe.jsonl")

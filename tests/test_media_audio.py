@@ -2,6 +2,9 @@
 
 import base64
 import io
+import subprocess
+import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -110,3 +113,56 @@ def test_a_sampling_rate_that_cannot_be_resampled_is_rejected(rate):
     # Upsampling a long clip from 1 Hz to 16 kHz would need memory no machine has.
     with pytest.raises(RowError, match=f"sampling rate of {rate} Hz, outside the 1000..768000 Hz"):
         loader().load_audio({"audio": {"array": np.zeros(100_000, dtype=np.float32), "sampling_rate": rate}}, None)
+
+
+@pytest.mark.parametrize("frames, channels", [(1, 2), (2, 3), (1, 6)])
+def test_a_clip_shorter_than_its_channel_count_is_mixed_down_across_its_channels(tmp_path, frames, channels):
+    # Each frame holds 0.5 on the first channel and silence elsewhere: the mix is 0.5 / channels per frame.
+    samples = np.zeros((frames, channels), dtype=np.float32)
+    samples[:, 0] = 0.5
+    (tmp_path / "short.wav").write_bytes(wav_bytes(samples, rate=TARGET_RATE))
+
+    audio = loader().load_audio({"path": "short.wav"}, str(tmp_path))
+
+    assert audio["array"].shape == (frames,)
+    np.testing.assert_allclose(audio["array"], 0.5 / channels, atol=1e-4)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_a_wav_without_a_frame_has_no_samples_and_warns_nothing(tmp_path, channels):
+    (tmp_path / "silence.wav").write_bytes(wav_bytes(np.zeros((0, channels), dtype=np.float32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RowError, match="^audio 'silence.wav' has no samples$"):
+            loader().load_audio({"path": "silence.wav"}, str(tmp_path))
+        with pytest.raises(RowError, match="^audio given as an array has no samples$"):
+            loader().load_audio({"audio": {"array": np.zeros((channels, 0)), "sampling_rate": SOURCE_RATE}}, None)
+
+
+@pytest.mark.parametrize("frames", [1, 7, 1000, SOURCE_RATE])
+@pytest.mark.parametrize("rate", [8000, SOURCE_RATE, 44100, 48000])
+def test_resampling_gives_what_librosa_gave(frames, rate):
+    # Audio was resampled with librosa's default before: stored clips must keep their values and lengths.
+    librosa = pytest.importorskip("librosa")
+    samples = np.random.default_rng(frames).uniform(-1, 1, frames).astype(np.float32)
+
+    audio = loader().load_audio({"audio": {"array": samples, "sampling_rate": rate}}, None)
+
+    expected = librosa.resample(samples, orig_sr=rate, target_sr=TARGET_RATE)
+    assert audio["array"].dtype == np.float32 and audio["array"].shape == expected.shape
+    np.testing.assert_allclose(audio["array"], expected, atol=1e-6)
+
+
+def test_loading_audio_imports_neither_librosa_nor_numba(tmp_path):
+    # librosa compiles with numba on its first call in a fresh environment, which took half a minute.
+    (tmp_path / "tone.wav").write_bytes(wav_bytes())
+    code = (
+        "import sys\n"
+        "from vlmdata.media import MediaLoader, MediaOptions\n"
+        f"audio = MediaLoader(MediaOptions(audio_sampling_rate={TARGET_RATE})).load_audio("
+        f"{{'path': {str(tmp_path / 'tone.wav')!r}}}, None)\n"
+        "print(audio['array'].shape, sorted({'librosa', 'numba'} & set(sys.modules)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"({int(DURATION * TARGET_RATE)},) []"

@@ -2,6 +2,7 @@
 
 import io
 import os
+import re
 import time
 
 import pytest
@@ -249,3 +250,20 @@ def test_the_connected_address_is_checked_even_when_the_name_check_was_fooled(mo
         with pytest.raises(RowError, match="connected to 127.0.0.1, not a public address"):
             Fetcher(options(block_private_urls=True, retries=0)).fetch(server.url("/cat.png"))
         assert server.hits["/cat.png"] == 0
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("http://[::1/cat.png", "not a valid URL (Invalid IPv6 URL)"),
+    ("http://127.0.0.1/c\x00at.png", "a URL cannot hold control characters"),
+    ("http://127.0.0.1/cat.png\r\nHost: elsewhere", "a URL cannot hold control characters"),
+    ("http://127.0.0.1/c\udcffat.png", "the URL is not valid Unicode text (surrogates not allowed)"),
+])
+def test_a_url_that_is_no_url_is_a_bad_row_with_its_reason(url, reason):
+    with pytest.raises(RowError, match=re.escape(f"cannot fetch {url!r}: {reason}")):
+        MediaLoader(options()).load_image({"url": url}, None)
+
+
+def test_a_redirect_to_something_that_is_no_url_is_a_bad_row():
+    with serve({"/jump": redirect("http://[::1/cat.png")}) as server:
+        with pytest.raises(RowError, match=re.escape(f"GET {server.url('/jump')} failed: Invalid IPv6 URL")):
+            Fetcher(options()).fetch(server.url("/jump"))

@@ -2,12 +2,14 @@
 
 import io
 import os
+import re
 
 import pytest
 from PIL import Image
 
 from vlmdata.errors import RowError
 from vlmdata.media import MediaLoader, MediaOptions
+from vlmdata.media.files import stored_file_name
 
 
 def png_bytes() -> bytes:
@@ -100,3 +102,36 @@ def test_files_over_max_file_bytes_are_refused_before_reading(tmp_path):
 def test_embedded_values_of_the_wrong_type_are_rejected_not_crashed_on(payload):
     with pytest.raises(RowError, match="must be"):
         MediaLoader(MediaOptions()).load_image({"image": payload}, None)
+
+
+@pytest.mark.parametrize("path", ["pets/c\x00at.png", "{root}/pets/c\x00at.png", "file://{root}/pets/c%00at.png"])
+@pytest.mark.parametrize("sandbox", [True, False])
+def test_a_nul_byte_in_a_path_is_a_bad_row_with_its_reason(layout, path, sandbox):
+    written = path.format(root=layout)
+    loader = sandboxed(layout) if sandbox else MediaLoader(MediaOptions())
+    with pytest.raises(RowError, match=re.escape(f"image path {written!r} contains a NUL byte")):
+        loader.load_image({"path": written}, None if sandbox else str(layout))
+    with pytest.raises(RowError, match=re.escape(f"audio path {written!r} contains a NUL byte")):
+        loader.load_audio({"path": written}, None if sandbox else str(layout))
+
+
+@pytest.mark.parametrize("sandbox", [True, False])
+def test_a_file_name_that_is_not_utf8_on_disk_is_read(layout, sandbox):
+    # Python names the byte 0xff, which UTF-8 never has, with the surrogate '\udcff'; JSON can spell it too.
+    with open(os.path.join(os.fsencode(layout), b"pets", b"bad\xff.png"), "wb") as file:
+        file.write(png_bytes())
+    loader = sandboxed(layout) if sandbox else MediaLoader(MediaOptions())
+    stored = loader.load_image({"path": "pets/bad\udcff.png"}, None if sandbox else str(layout))
+    assert stored["bytes"] == png_bytes()
+
+
+def test_a_path_with_a_surrogate_that_stands_for_no_byte_is_a_bad_row(layout):
+    with pytest.raises(RowError, match=re.escape("image path 'pets/\\ud800.png' holds characters no file name can")):
+        MediaLoader(MediaOptions()).load_image({"path": "pets/\ud800.png"}, str(layout))
+
+
+def test_stored_file_names_are_valid_unicode():
+    assert stored_file_name("pets/bad\udcff.png") == "bad\\udcff.png"
+    assert stored_file_name("pets/cat.png") == "cat.png"
+    assert stored_file_name(None) is None
+    stored_file_name("pets/bad\udcff.png").encode("utf-8")  # what Arrow needs

@@ -1,12 +1,17 @@
 """Images: decoding, validation, mode conversion, orientation, resizing, and every way a part can hold one."""
 
 import base64
+import importlib.util
 import io
 import pickle
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from vlmdata.errors import RowError
 from vlmdata.media import MediaLoader, MediaOptions, Resize
@@ -45,6 +50,62 @@ def test_rgb_image_needing_no_change_keeps_its_original_bytes(format):
     stored = MediaLoader(MediaOptions()).load_image({"image": {"bytes": original, "path": "a.img"}}, None)
     assert stored["bytes"] == original
     assert stored["path"] == "a.img"
+
+
+def png_with_a_text_chunk() -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "an ancillary chunk")
+    return encode(photo(), "PNG", pnginfo=info)
+
+
+def png_with_a_wrong_crc(chunk_type: bytes) -> bytes:
+    """`png_with_a_text_chunk()` with the CRC of its `chunk_type` chunk flipped."""
+    data = bytearray(png_with_a_text_chunk())
+    position = 8
+    while data[position + 4:position + 8] != chunk_type:
+        position += 12 + struct.unpack_from(">I", data, position)[0]
+    crc = position + 8 + struct.unpack_from(">I", data, position)[0]
+    data[crc:crc + 4] = bytes(byte ^ 0xFF for byte in data[crc:crc + 4])
+    return bytes(data)
+
+
+def decoded_by_libpng(tmp_path, images: list[bytes]) -> list[np.ndarray]:
+    """The pixels torchvision's `decode_png` (libpng) reads from each PNG, in a child process: a PNG that libpng
+    refuses can crash the process that decodes it."""
+    if importlib.util.find_spec("torchvision") is None:
+        pytest.skip("torchvision is not installed")
+    paths = [str(tmp_path / f"{number}.png") for number in range(len(images))]
+    for path, data in zip(paths, images):
+        Path(path).write_bytes(data)
+    code = ("import sys, numpy, torchvision.io as io\n"
+            "for path in sys.argv[1:]:\n"
+            "    numpy.save(path + '.npy', io.decode_png(io.read_file(path)).permute(1, 2, 0).numpy())\n")
+    result = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [np.load(path + ".npy") for path in paths]
+
+
+def test_a_png_is_kept_only_when_every_crc_is_right_and_libpng_decodes_what_is_stored(tmp_path):
+    # Pillow reads pixel data (IDAT) whose CRC is wrong, where libpng stops; Pillow refuses a wrong CRC in a
+    # text chunk, where libpng only drops the chunk. Either way the pixels are intact: they are encoded anew.
+    damaged = {chunk_type: png_with_a_wrong_crc(chunk_type) for chunk_type in (b"IDAT", b"tEXt", b"IEND")}
+    intact = [encode(photo(), "PNG"), png_with_a_text_chunk()]
+    loader = MediaLoader(MediaOptions())
+
+    stored = {name: loader.load_image({"image": {"bytes": data, "path": "a.png"}}, None)["bytes"]
+              for name, data in [*damaged.items(), ("intact", intact[0]), ("intact with text", intact[1])]}
+
+    assert [stored["intact"], stored["intact with text"]] == intact
+    assert all(stored[chunk_type] != damaged[chunk_type] and stored[chunk_type].startswith(b"\x89PNG")
+               for chunk_type in damaged)
+    for name, pixels in zip(stored, decoded_by_libpng(tmp_path, list(stored.values()))):
+        np.testing.assert_array_equal(pixels, np.asarray(photo()), err_msg=str(name))
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(stored[name]))), pixels, err_msg=str(name))
+
+
+def test_a_png_whose_header_crc_is_wrong_is_rejected():
+    with pytest.raises(RowError, match="cannot decode image"):
+        load(png_with_a_wrong_crc(b"IHDR"))
 
 
 def test_image_already_at_the_letterbox_size_keeps_its_bytes():

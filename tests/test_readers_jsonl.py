@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from fixture_data import build_once, make_fixtures, read_all
@@ -222,3 +224,47 @@ def test_a_json_array_nested_too_deeply_is_fatal(tmp_path):
     path.write_text("[" + "[" * 100_000 + "]" * 100_000 + "]")
     with pytest.raises(FatalError, match="nested too deeply"):
         read_all(read_jsonl, path)
+
+
+def chat_with_a_long_id(text):
+    """A valid JSON object whose id has 5000 digits, more than Python turns into an int (4300)."""
+    return chat(text, id="ID").replace('"ID"', "9" * 5000)
+
+
+def test_an_integer_too_long_for_python_is_an_error_row_and_reading_goes_on(tmp_path):
+    path = write_lines(tmp_path / "chat.jsonl", chat_with_a_long_id("one"), chat("two"))
+
+    long, after = read_all(read_jsonl, path)
+
+    assert long.id == "chat.jsonl:1" and long.record is None
+    assert long.error.startswith("line 1: cannot read the JSON: Exceeds the limit (4300 digits)")
+    assert after.error is None and after.record["messages"][0]["content"] == "two"
+
+
+def test_an_integer_too_long_for_python_in_a_json_array_costs_its_item_only(tmp_path):
+    path = tmp_path / "chat.json"
+    path.write_text("[" + ",".join([chat("one"), chat_with_a_long_id("two"), chat("three")]) + "]")
+
+    rows = read_all(read_jsonl, path)
+
+    assert [row.id for row in rows] == ["chat.json:0", "chat.json:1", "chat.json:2"]
+    assert rows[1].record is None and rows[1].error.startswith("item 1: cannot read the JSON: Exceeds the limit")
+    assert [row.record["messages"][0]["content"] for row in (rows[0], rows[2])] == ["one", "three"]
+    assert records.count_records(str(path)) == 3
+
+
+def test_a_parquet_value_python_cannot_hold_costs_its_row_only(tmp_path):
+    # Arrow stores dates far past the year 9999, which Python's datetime cannot hold.
+    table = pa.table({
+        "messages": [json.loads(chat(text))["messages"] for text in ("one", "two", "three")],
+        "created": pa.array([0, 2**62, 5], pa.timestamp("us")),
+    })
+    path = tmp_path / "chat.parquet"
+    pq.write_table(table, path)
+
+    rows = read_all(read_jsonl, path)
+
+    assert [row.id for row in rows] == ["chat.parquet:0", "chat.parquet:1", "chat.parquet:2"]
+    assert rows[1].record is None
+    assert rows[1].error == "row 1: cannot read the row: OverflowError: date value out of range"
+    assert [row.record["messages"][0]["content"] for row in (rows[0], rows[2])] == ["one", "three"]

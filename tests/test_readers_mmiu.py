@@ -14,7 +14,7 @@ import pytest
 
 from fixture_data import build_once, hub_offline, make_fixtures, read_all
 from vlmdata.errors import FatalError, RowError
-from vlmdata.readers import mmiu
+from vlmdata.readers import mmiu, open_sources
 from vlmdata.readers.mmiu import read_mmiu, safe_relative_path
 
 ROWS = make_fixtures.MMIU_ROWS
@@ -335,3 +335,60 @@ def test_an_extracted_file_that_links_outside_the_dataset_is_refused(fixture_roo
     (row,) = read_all(read_mmiu, folder)
 
     assert row.record is None and "symbolic link that leads outside the dataset folder" in row.error
+
+
+# --- rows and archives nobody foresaw ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["metadata.jsonl", "all.parquet"])
+def test_an_image_path_that_is_a_number_is_a_bad_row(fixture_root, tmp_path, name):
+    folder = copy_dataset(fixture_root, tmp_path)
+    (folder / "all.parquet").unlink()
+    template = metadata_rows(fixture_root)[4]
+    # In parquet the column is int64 throughout; in JSON Lines one row has a number, the next a list with one.
+    paths = [7, 8] if name.endswith(".parquet") else [7, [8], template["input_image_path"]]
+    write_metadata(folder, [dict(template, input_image_path=path) for path in paths], name)
+
+    rows = read_all(read_mmiu, folder)
+
+    where = "row" if name.endswith(".parquet") else "line"
+    first = 0 if name.endswith(".parquet") else 1
+    assert rows[0].record is None and rows[0].error == f"{where} {first}: image path 7 is not text but int"
+    assert rows[1].record is None and rows[1].error == f"{where} {first + 1}: image path 8 is not text but int"
+    assert all(row.error is None for row in rows[2:])
+
+
+@pytest.mark.parametrize("path", [".", "./", " ./ "])
+def test_an_image_path_that_names_no_file_is_a_bad_row(fixture_root, tmp_path, path):
+    folder = copy_dataset(fixture_root, tmp_path)
+    write_metadata(folder, [dict(metadata_rows(fixture_root)[4], input_image_path=[path])])
+
+    (row,) = read_all(read_mmiu, folder)
+
+    assert row.record is None and row.error == f"row 0: image path {path!r} names no file"
+
+
+def test_anything_unexpected_while_reading_a_row_costs_that_row_only(fixture_root, tmp_path):
+    folder = evil_dataset(fixture_root, tmp_path, {"café.jpg": b"data", "fine.jpg": b"data"})
+    # The central directory says the member's name is UTF-8; its local header holds a byte UTF-8 never has,
+    # which zipfile finds only when the member is opened, raising an error no reader code expects.
+    data = bytearray((folder / "Evil.zip").read_bytes())
+    data[data.find("café.jpg".encode())] = 0xFF
+    (folder / "Evil.zip").write_bytes(bytes(data))
+
+    broken, fine = read_all(read_mmiu, folder)
+
+    assert broken.id == "all.parquet:0" and broken.record is None
+    assert broken.error.startswith("row 0: unexpected UnicodeDecodeError: 'utf-8' codec can't decode byte 0xff")
+    assert fine.error is None and fine.record["messages"][1]["content"][0]["image"]["bytes"] == b"data"
+
+
+def test_a_corrupt_archive_that_only_late_rows_use_stops_the_run_before_the_first_row(fixture_root, tmp_path):
+    folder = copy_dataset(fixture_root, tmp_path)
+    assert {row[0] for row in ROWS[:4]} == {"Low-level-semantic"}  # the first rows never read 2D-spatial.zip
+    archive = folder / "2D-spatial.zip"
+    archive.write_bytes(archive.read_bytes()[:-100])  # its central directory cut short
+    first_source = fixture_root / "jsonl" / "conversations.jsonl"
+
+    with pytest.raises(FatalError, match=r"^Cannot open the image archive .*2D-spatial\.zip: "):
+        open_sources([str(first_source), str(folder)])

@@ -1,6 +1,7 @@
 """The family registry: aliases, config mapping and template loading."""
 
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, AutoConfig, AutoP
 from tests.tokenize_fixtures import tiny_model
 from vlmdata.errors import FatalError
 from vlmdata.models import FAMILIES, family_for_config, family_for_model_type, get_family, load_template
+from vlmdata.models.loading import load_processor
 
 ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "llava", "mllama", "pixtral", "mistral3", "llama4"]
 
@@ -114,3 +116,29 @@ def test_load_template_from_a_file(tmp_path):
 def test_unknown_template_is_fatal(name):
     with pytest.raises(FatalError, match="Unknown chat template"):
         load_template(name)
+
+
+@pytest.mark.parametrize("model", ["./nope", "{tmp}/nope", "~/nope", "models/nope", "models/a/b", "my model"])
+def test_a_model_folder_that_does_not_exist_is_named_not_sent_to_the_hub(tmp_path, monkeypatch, model):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "models").mkdir()  # "models/nope" is a path: its first folder is here
+    model = model.format(tmp=tmp_path)
+    folder = os.path.abspath(os.path.expanduser(model))
+    with pytest.raises(FatalError) as raised:
+        load_processor(model)
+    assert str(raised.value) == f"Cannot load the processor of {model}: the model folder {folder} does not exist."
+
+
+def test_a_hub_id_still_goes_to_the_hub(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FatalError, match=r"^Cannot load the processor of someone/some-model: ") as raised:
+        load_processor("someone/some-model")
+    assert "does not exist" not in str(raised.value)
+
+
+def test_a_model_folder_under_the_home_folder_loads(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    os.symlink(tiny_model("gemma3"), tmp_path / "gemma")
+    assert load_processor("~/gemma").family.alias == "gemma3"

@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import shutil
+import sys
+import warnings
 
 import pytest
 import torch
@@ -14,11 +18,14 @@ from peft import PeftModel
 from transformers import AutoModelForImageTextToText, TrainerControl, TrainerState
 from transformers.integrations import is_tensorboard_available
 
-from tests.test_train import data_dir, shards  # noqa: F401 (fixtures)
+from tests.test_train import MEMORISE, data_dir, shards  # noqa: F401 (fixtures)
 from tests.tokenize_fixtures import tiny_model
 from vlmdata.cli import cli
+from vlmdata.errors import FatalError
+from vlmdata.optional import require
 from vlmdata.train import AdapterOptions, TrainOptions, train
 from vlmdata.train.callbacks import ProgressBar
+from vlmdata.train.model import known_notices_silenced
 
 VISION = ("model.vision_tower.", "model.multi_modal_projector.")
 FEW_STEPS = ["--max-steps", "3", "--batch-size", "1", "--learning-rate", "5e-2", "--quiet"]
@@ -86,6 +93,84 @@ def test_a_mistyped_shards_path_with_overwrite_keeps_the_previous_output(tmp_pat
     result = CliRunner().invoke(cli, ["train", str(tmp_path / "shrads"), "-o", str(out), "--overwrite", "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert (out / "adapter_model.safetensors").read_text() == "the previous run"
+
+
+def test_a_model_folder_that_does_not_exist_is_one_sentence_and_keeps_the_previous_output(shards, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_text("the previous run")
+    missing = tmp_path / "nope"
+    result = CliRunner().invoke(cli, ["train", str(shards("gemma3")), "-o", str(out), "--model", str(missing),
+                                      "--overwrite", "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip() == f"error: Cannot load the model {missing}: the model folder {missing} does not exist."
+    assert (out / "adapter_model.safetensors").read_text() == "the previous run"
+
+
+def test_shards_tokenized_for_a_folder_that_has_moved_say_so(shards, tmp_path):
+    moved = tmp_path / "shards"
+    shutil.copytree(shards("gemma3"), moved)
+    metadata = json.loads((moved / "vlmdata.json").read_text())
+    metadata["model"]["checkpoint"] = str(tmp_path / "moved-model")
+    (moved / "vlmdata.json").write_text(json.dumps(metadata))
+    with pytest.raises(FatalError, match=r"the model folder .*moved-model does not exist\. The shards were tokenized"):
+        train(str(moved), tmp_path / "out", options=_quick(), progress=False)
+
+
+@pytest.mark.parametrize("missing, extra, alias", [("peft", "train", "gemma3"), ("accelerate", "train", "gemma3"),
+                                                   ("timm", "gemma3n", "gemma3n")])
+def test_a_missing_optional_dependency_is_one_sentence_naming_its_extra_before_any_work(
+    shards, tmp_path, monkeypatch, missing, extra, alias
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "adapter_model.safetensors").write_text("the previous run")
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` now raises ModuleNotFoundError
+    result = CliRunner().invoke(cli, ["train", str(shards(alias)), "-o", str(out), "--overwrite", "--quiet"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # no traceback
+    line = result.output.strip()
+    assert line.startswith("error: ") and line.endswith(
+        f"needs {missing}, which is not installed: pip install 'vlmdata[{extra}]'."), line
+    assert (out / "adapter_model.safetensors").read_text() == "the previous run"
+
+
+def test_quantization_without_bitsandbytes_names_its_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    with pytest.raises(FatalError, match=re.escape(
+            "--load-in-4bit needs bitsandbytes, which is not installed: pip install 'vlmdata[quantization]'.")):
+        require("bitsandbytes", "quantization", "--load-in-4bit")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="quantization needs a CUDA GPU, checked first")
+def test_train_with_quantization_without_bitsandbytes_is_one_sentence(shards, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
+    result = CliRunner().invoke(cli, ["train", str(shards("gemma3")), "-o", str(tmp_path / "out"), "--load-in-4bit"])
+    assert result.exit_code == 1
+    assert "--load-in-4bit needs bitsandbytes, which is not installed: pip install 'vlmdata[quantization]'." in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_training_run_shows_none_of_the_known_library_notices(shards, tmp_path):
+    # A LoRA on the tied lm_head of Gemma 3, saved at a checkpoint and at the end: every notice would show.
+    options = _quick(adapter=AdapterOptions(lora_target_modules=MEMORISE), save_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(str(shards("gemma3")), tmp_path / "out", options=options, progress=False)
+    shown = [str(warning.message) for warning in caught]
+    for notice in ("is_gradient_checkpointing", "tie_word_embeddings=True", "save_embedding_layers"):
+        assert not [message for message in shown if notice in message], notice
+
+
+def test_only_the_known_library_notices_are_silenced():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with known_notices_silenced():
+            warnings.warn("Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`.")
+            warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning)
+            warnings.warn("`is_gradient_checkpointing` is deprecated, as a UserWarning")
+            warnings.warn("a real problem", RuntimeWarning)
+    assert [str(warning.message) for warning in caught] == [
+        "`is_gradient_checkpointing` is deprecated, as a UserWarning", "a real problem"]
 
 
 def test_one_step_with_gradient_checkpointing_gives_a_finite_loss(shards, tmp_path):
@@ -156,7 +241,8 @@ def test_report_to_none_writes_no_tensorboard_folder_and_sets_no_environment(cli
 @pytest.mark.skipif(is_tensorboard_available(), reason="tensorboard is installed")
 def test_report_to_tensorboard_without_tensorboard_is_one_clear_error(shards, tmp_path):
     result = CliRunner().invoke(cli, ["train", str(shards("gemma3")), "-o", str(tmp_path / "out"), "--report-to", "tensorboard"])
-    assert result.exit_code == 1 and "pip install tensorboard" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "needs tensorboard, which is not installed: pip install 'vlmdata[tensorboard]'" in result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 from vlmdata.errors import FatalError
 from vlmdata.rows import Reject
 
-REJECTS_FILE = "rejects.jsonl"
-
 
 class RejectLog:
     """Writes rejected rows to a JSON-lines file and counts them by reason; with `strict`, the first one stops the run.

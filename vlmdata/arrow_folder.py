@@ -28,6 +28,7 @@ import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
 from vlmdata.errors import FatalError
+from vlmdata.folders import PARTIAL_SUFFIX, PREVIOUS_SUFFIX, STATE_FILE
 
 try:
     import fcntl
@@ -37,10 +38,6 @@ except ImportError:  # Windows: two runs writing the same folder at once are not
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
-PARTIAL_SUFFIX = ".partial"
-STATE_FILE = "state.json"  # written last: its presence marks a finished output
-METADATA_FILE = "vlmdata.json"  # what made an output folder, and its summary: every stage's, train's too
-PREVIOUS_SUFFIX = ".previous"
 
 
 class ArrowFolderWriter:

@@ -96,7 +96,7 @@ class ConvertStage(Stage[ConvertSummary]):
         return ConvertSummary(out_dir)
 
     def metadata(self, summary: ConvertSummary, executor: Executor) -> dict[str, Any]:
-        versions = library_versions("datasets", "PIL", "pyarrow", "numpy", "librosa")
+        versions = library_versions("datasets", "PIL", "pyarrow", "numpy", "soundfile", "soxr")
         arguments = {
             "sources": [str(s) for s in self.sources],
             "format": self.format,
@@ -123,14 +123,21 @@ class ConvertWorker(BatchWorker[RawRow, MediaLoader]):
 
 def convert_row(row: RawRow, loader: MediaLoader) -> WrittenRow | Reject:
     """One row -> its normalised record, or the Reject that says why it cannot be written."""
+    row = replace(row, id=_storable(row.id), source=_storable(row.source))
     if row.error is not None:
         return Reject(row.source, row.id, "read", row.error)
     return guarded(row.source, row.id, "normalise", lambda progress: _converted(row, loader, progress))
 
 
+def _storable(name: str) -> str:
+    # A file name that is not UTF-8 on disk reaches Python with surrogates, which Arrow cannot store: such a
+    # name is kept with its odd bytes escaped, rather than costing every row of the file.
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _converted(row: RawRow, loader: MediaLoader, progress: RowProgress) -> WrittenRow:
     conversation = normalise(row.record or {})
-    _check_unicode(conversation.messages, row)
+    _check_unicode(conversation.messages)
     try:
         media = load_media(conversation, row.base_dir, loader)
     except MediaError as error:
@@ -140,10 +147,10 @@ def _converted(row: RawRow, loader: MediaLoader, progress: RowProgress) -> Writt
     return WrittenRow(columns, media_counts(columns))
 
 
-def _check_unicode(messages: list[dict[str, Any]], row: RawRow) -> None:
+def _check_unicode(messages: list[dict[str, Any]]) -> None:
     """Refuses text with no UTF-8 form (JSON can spell a lone surrogate, "\\ud800"), naming where it is: Arrow,
     which stores UTF-8, would refuse the row only when writing it, with a vaguer reason."""
-    texts = [("the row id", row.id), ("the source name", row.source)]
+    texts = []
     for number, message in enumerate(messages):
         texts.append((f"message {number}: role", message["role"]))
         texts += [(f"message {number}, part {index}", part["text"]) for index, part in enumerate(message["content"])]

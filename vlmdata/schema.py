@@ -122,8 +122,8 @@ def normalise(record: dict[str, Any]) -> Conversation:
         raise RowError("messages is empty")
 
     parsed = [_parse_message(i, message) for i, message in enumerate(messages)]
-    for modality in MODALITIES:
-        _fill_from_column(parsed, modality, _media_column(record, modality))
+    for kind in MODALITIES:
+        _fill_from_column(parsed, kind, _media_column(record, kind))
     if not any(message["role"] == "assistant" for message in parsed):
         raise RowError("the conversation has no assistant message")
     check_assistant_content(parsed)

@@ -45,16 +45,15 @@ import pyarrow as pa
 import torch
 from datasets.arrow_writer import TypedSequence
 
-from vlmdata.arrow_folder import METADATA_FILE
 from vlmdata.errors import RowError
+from vlmdata.folders import METADATA_FILE
 from vlmdata.tensor_spec import NOT_STORED, Storage, TensorLayout, TensorSpec, probe_layout
 
 __all__ = [
-    "METADATA_FILE", "NOT_STORED", "PROCESSOR_DIR", "TensorLayout", "TensorSpec", "arrow_row", "decode_codes",
+    "NOT_STORED", "TensorLayout", "TensorSpec", "arrow_row", "decode_codes",
     "encode_tensors", "load_shards", "model_inputs", "numpy_rows", "probe_layout", "read_layout", "rows_to_table",
 ]
 
-PROCESSOR_DIR = "processor"
 INT32 = np.iinfo(np.int32)
 
 

@@ -26,10 +26,11 @@ import datasets
 import pyarrow as pa
 from tqdm import tqdm
 
-from vlmdata.accounting import REJECTS_FILE, RejectLog
-from vlmdata.arrow_folder import METADATA_FILE, ArrowFolderWriter
+from vlmdata.accounting import RejectLog
+from vlmdata.arrow_folder import ArrowFolderWriter
 from vlmdata.errors import FatalError, RowError
 from vlmdata.executors import Executor
+from vlmdata.folders import METADATA_FILE, REJECTS_FILE
 from vlmdata.modalities import MODALITIES
 from vlmdata.parallel import InBackground
 from vlmdata.rows import Reject

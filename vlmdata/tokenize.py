@@ -26,6 +26,7 @@ from vlmdata.arrow_folder import ArrowFolderWriter
 from vlmdata.calibration import TokenizePlan, calibrate
 from vlmdata.errors import FatalError, RowError
 from vlmdata.executors import Executor, LocalExecutor
+from vlmdata.folders import PROCESSOR_DIR
 from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, TRUNCATE, has_generation_markers, make_labels, text_cut_allowed
 from vlmdata.models.loading import LoadedProcessor, load_processor
 from vlmdata.modalities import processor_messages
@@ -34,7 +35,7 @@ from vlmdata.parallel import computed_ahead
 from vlmdata.processor_call import ProcessorCall
 from vlmdata.rows import RawRow, Reject
 from vlmdata.schema import check_assistant_content, undecoded_features
-from vlmdata.shards import PROCESSOR_DIR, TensorLayout, encode_tensors, rows_to_table
+from vlmdata.shards import TensorLayout, encode_tensors, rows_to_table
 from vlmdata.stage import (
     ROWS_PER_BATCH, BatchWorker, RowProgress, Stage, StageSummary, Tally, WrittenRow, check_num_proc, guarded,
     run_stage,

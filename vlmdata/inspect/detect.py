@@ -15,10 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from vlmdata.accounting import REJECTS_FILE
 from vlmdata.errors import FatalError
-from vlmdata.arrow_folder import METADATA_FILE
-from vlmdata.shards import PROCESSOR_DIR
+from vlmdata.folders import METADATA_FILE, PROCESSOR_DIR, REJECTS_FILE
 
 NORMALISED, SHARDS, REJECTS = "normalised", "shards", "rejects"
 DESCRIPTIONS = {NORMALISED: "normalised dataset", SHARDS: "token shards", REJECTS: "rejects file"}

@@ -12,6 +12,7 @@ import io
 
 import numpy as np
 import soundfile
+import soxr
 
 from vlmdata.errors import RowError
 
@@ -22,13 +23,13 @@ MAX_SAMPLING_RATE = 768000
 
 
 def decode_audio(data: bytes, label: str) -> tuple[np.ndarray, int]:
-    """Decodes an audio file (WAV, FLAC, OGG, MP3, ... whatever libsndfile reads) held in memory.
+    """Decodes an audio file (WAV, FLAC, OGG, MP3, ... whatever libsndfile reads) held in memory, mixed down.
 
     Returns:
-        (samples, sampling_rate), samples shaped (channels, frames), float32 in -1..1.
+        (samples, sampling_rate), samples 1-D float32 in -1..1, the average of the file's channels.
 
     Raises:
-        RowError: the bytes are empty or not a readable audio file.
+        RowError: the bytes are empty, not a readable audio file, or a file without a single frame.
     """
     if not data:
         raise RowError(f"cannot decode audio {label}: the file is empty")
@@ -37,15 +38,19 @@ def decode_audio(data: bytes, label: str) -> tuple[np.ndarray, int]:
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         reason = getattr(exc, "error_string", None) or str(exc) or type(exc).__name__
         raise RowError(f"cannot decode audio {label}: {reason}") from exc
-    return samples.T, int(sampling_rate)
+    if samples.shape[0] == 0:
+        raise RowError(f"audio {label} has no samples")
+    # soundfile's layout is (frames, channels): the decoder says which axis holds the channels, even for a
+    # clip shorter than its number of channels.
+    return samples.mean(axis=1, dtype=np.float32), int(sampling_rate)
 
 
 def prepare_audio(samples, sampling_rate: int, target_rate: int, label: str) -> dict:
     """Makes samples mono float32 at `target_rate`.
 
     Args:
-        samples: a 1-D array, or 2-D with channels on the shorter axis (either (channels, frames) as librosa
-            has them or (frames, channels) as soundfile has them). Integer PCM is scaled to -1..1.
+        samples: a 1-D array, or 2-D with channels on the shorter axis (see `to_mono`). Integer PCM is scaled
+            to -1..1.
         sampling_rate: the rate `samples` were recorded at.
         target_rate: the rate to return.
         label: how error messages name the audio.
@@ -57,9 +62,10 @@ def prepare_audio(samples, sampling_rate: int, target_rate: int, label: str) -> 
         RowError: the samples are empty, not numbers, of more than two dimensions, or not finite, or they need
             resampling from a rate outside MIN_SAMPLING_RATE..MAX_SAMPLING_RATE.
     """
-    mono = to_mono(as_float_samples(samples, label), label)
-    if mono.size == 0:
+    array = as_float_samples(samples, label)
+    if array.size == 0:  # checked before mixing down: the mean of no samples is NaN, with a warning
         raise RowError(f"audio {label} has no samples")
+    mono = to_mono(array, label)
     if not np.isfinite(mono).all():
         raise RowError(f"audio {label} contains NaN or infinite samples")
     if isinstance(sampling_rate, float) and sampling_rate.is_integer():
@@ -93,7 +99,9 @@ def as_float_samples(samples, label: str) -> np.ndarray:
 
 
 def to_mono(samples: np.ndarray, label: str) -> np.ndarray:
-    """Averages the channels; the channel axis is the shorter one, since no clip has more channels than frames."""
+    """Averages the channels of an array a dataset holds, which says nothing of its layout: (channels, frames)
+    as `datasets` and librosa have it, or (frames, channels) as soundfile has it. The channel axis is taken to
+    be the shorter one; decoded files never come here, since their decoder says which axis it is."""
     if samples.ndim == 1:
         return samples
     if samples.ndim != 2:
@@ -103,7 +111,13 @@ def to_mono(samples: np.ndarray, label: str) -> np.ndarray:
 
 
 def resample(samples: np.ndarray, sampling_rate: int, target_rate: int) -> np.ndarray:
-    """Resamples a mono signal with librosa's default high-quality resampler."""
-    import librosa  # importing librosa costs seconds; only runs that resample pay it
+    """Resamples a mono signal with soxr's high-quality resampler, to ceil(frames * target / rate) frames.
 
-    return librosa.resample(samples, orig_sr=sampling_rate, target_sr=target_rate).astype(np.float32)
+    The quality and the length are those of `librosa.resample`'s default, which calls soxr the same way.
+    """
+    resampled = soxr.resample(samples, sampling_rate, target_rate, quality="HQ")
+    frames = -(-len(samples) * target_rate // sampling_rate)
+    # soxr rounds the length where librosa rounds it up, padding with silence: keep librosa's length.
+    if len(resampled) < frames:
+        resampled = np.pad(resampled, (0, frames - len(resampled)))
+    return resampled[:frames].astype(np.float32, copy=False)

@@ -47,6 +47,8 @@ CHUNK_BYTES = 64 * 1024
 MEMORY_CACHE_BYTES = 256 * 1024 * 1024
 # Some hosts (Wikimedia among them) refuse clients that do not say who they are.
 USER_AGENT = f"vlmdata/{__version__} python-requests/{requests.__version__}"
+# NUL, line breaks and the other control characters: never part of a URL, and a way to forge a request line.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class _RetryableFailure(Exception):
@@ -169,6 +171,8 @@ class Fetcher:
             raise _RetryableFailure(f"connection failed ({_short_cause(exc)})") from exc
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             raise RowError(f"GET {url} failed: {_short_cause(exc)}") from exc
+        except ValueError as exc:  # requests parses a redirect's Location itself, and a bracket left open fails
+            raise RowError(f"GET {url} failed: {exc}") from exc
 
     def _read_capped(self, url: str, response: requests.Response, deadline: float) -> bytes | None:
         declared = response.headers.get("Content-Length", "")
@@ -229,8 +233,16 @@ class Fetcher:
 
 
 def check_http_url(url: str) -> None:
-    """Raises RowError unless `url` is an http or https URL with a host."""
-    parsed = urlparse(url)
+    """Raises RowError unless `url` is an http or https URL with a host, written in valid text."""
+    if _CONTROL_CHARACTER.search(url):
+        raise RowError(f"cannot fetch {url!r}: a URL cannot hold control characters")
+    try:
+        url.encode("utf-8")  # JSON can spell a lone surrogate, which no URL holds and Arrow cannot store
+        parsed = urlparse(url)
+    except UnicodeEncodeError as exc:
+        raise RowError(f"cannot fetch {url!r}: the URL is not valid Unicode text ({exc.reason})") from exc
+    except ValueError as exc:  # "Invalid IPv6 URL": a bracket left open
+        raise RowError(f"cannot fetch {url!r}: not a valid URL ({exc})") from exc
     if parsed.scheme.lower() not in ("http", "https"):
         scheme = parsed.scheme or "none"
         raise RowError(f"cannot fetch {url!r}: scheme {scheme!r} is not supported (only http and https)")

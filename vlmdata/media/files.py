@@ -31,11 +31,13 @@ def resolve_media_path(path: str, base_dir: str | None, media_root: str | None, 
         kind: "image" or "audio", for messages.
 
     Raises:
-        RowError: with a media root, the path resolves (after following every symbolic link) outside it.
+        RowError: the path is no possible file name (see `check_file_name`), or, with a media root, it resolves
+            (after following every symbolic link) outside it.
     """
     written = path
     if path.startswith(FILE_URI_PREFIX):
         path = unquote(path[len(FILE_URI_PREFIX):])
+    check_file_name(path, written, kind)
     path = os.path.expanduser(path)
     if media_root is None:
         if os.path.isabs(path) or not base_dir:
@@ -48,12 +50,46 @@ def resolve_media_path(path: str, base_dir: str | None, media_root: str | None, 
     return resolved
 
 
+def check_file_name(path: str, written_as: str, kind: str) -> None:
+    """Refuses a path that no file can have, which the operating system would answer with a ValueError.
+
+    A name that is not UTF-8 on disk comes to Python with each undecodable byte as a surrogate ('bad\\udcff.png'
+    for the byte 0xff) and is a possible name; a surrogate that stands for no byte ('\\ud800') is not.
+
+    Raises:
+        RowError: the path holds a NUL byte, or characters no file name on this system can hold.
+    """
+    if "\x00" in path:
+        raise RowError(f"{kind} path {written_as!r} contains a NUL byte")
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as exc:
+        raise RowError(f"{kind} path {written_as!r} holds characters no file name can hold ({exc.reason})") from exc
+
+
+def stored_file_name(path: str | None) -> str | None:
+    """The file name of `path` as text that can be stored: an undecodable byte of a name that is not UTF-8
+    on disk is kept as a visible escape ('bad\\udcff.png' gives 'bad\\\\udcff.png'), since Arrow stores only
+    valid Unicode.
+
+    Example:
+        >>> stored_file_name("photos/cat.jpg")
+        'cat.jpg'
+    """
+    if not path:
+        return None
+    name = os.path.basename(path)
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def read_media_file(path: str, written_as: str, kind: str, max_bytes: int) -> bytes:
     """Reads a regular file of at most `max_bytes` bytes.
 
     Raises:
-        RowError: the file is missing, unreadable, not a regular file (a folder, a device, a pipe) or too large.
+        RowError: the path is no possible file name, or the file is missing, unreadable, not a regular file
+            (a folder, a device, a pipe) or too large.
     """
+    check_file_name(path, written_as, kind)
     try:
         # O_NONBLOCK: opening a named pipe must not wait for a writer that never comes.
         handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))

@@ -2,7 +2,8 @@
 
 The promise: every stored image decodes fully, is RGB, stands the right way up and has the requested size.
 When an image already satisfies all of that, its original bytes are kept untouched, so converting a dataset
-that needs no change costs no quality.
+that needs no change costs no quality. "Decodes" means with the strictest decoder a training pipeline may use:
+Pillow reads some damaged PNGs that libpng (torchvision's `decode_png`) refuses, and those are re-encoded.
 
 Example:
     >>> from vlmdata.media.options import Resize
@@ -15,6 +16,7 @@ import io
 import re
 import struct
 import warnings
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -48,6 +50,7 @@ MALFORMED_FILE_ERRORS = (
     MemoryError,
 )
 HIGH_DEPTH_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I", "F"}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 
 
@@ -124,8 +127,9 @@ def prepare_image(
     """
     if not data:
         raise RowError(f"cannot decode image {label}: the file is empty")
+    decodable, strictly_valid = check_png_chunks(data) if data.startswith(PNG_SIGNATURE) else (data, True)
     with strict_decoding(label, max_pixels):
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(decodable))
         source_format = image.format
         opened_as_rgb = image.mode == "RGB" and "transparency" not in image.info
         animated = bool(getattr(image, "is_animated", False))
@@ -141,6 +145,7 @@ def prepare_image(
 
     unchanged = (
         plan is None
+        and strictly_valid
         and opened_as_rgb
         and orientation == 1
         and not animated
@@ -150,6 +155,42 @@ def prepare_image(
         return data
     image = _finish(image, label, orientation, resize, plan)
     return encode_image(image, as_jpeg=source_format in JPEG_FAMILY)
+
+
+def check_png_chunks(data: bytes) -> tuple[bytes, bool]:
+    """Checks the CRC of every chunk of a PNG: returns the bytes to decode, and whether libpng takes them as
+    they are.
+
+    Pillow never checks the CRC of the pixel data (IDAT) nor of IEND, where libpng stops with an error; and it
+    refuses a file whose ancillary chunk (text, EXIF, colour profile: the first letter of its type in lower
+    case) has a wrong CRC, where libpng drops that chunk with a warning. So ancillary chunks with a wrong CRC
+    are dropped here as libpng drops them, and a file with any wrong CRC, or cut inside a chunk, is not kept
+    as it is: its pixels, if Pillow reads them all, are encoded anew.
+
+    Example:
+        >>> image = io.BytesIO(); Image.new("RGB", (1, 1)).save(image, "PNG")
+        >>> check_png_chunks(image.getvalue())[1]
+        True
+    """
+    view = memoryview(data)
+    position = len(PNG_SIGNATURE)
+    kept, intact = [view[:position]], True
+    while position < len(data):
+        # A chunk is its length, type, data and CRC: 12 bytes and the data.
+        end = position + 12 + (struct.unpack_from(">I", data, position)[0] if position + 12 <= len(data) else 0)
+        if end > len(data):  # cut inside a chunk
+            intact = False
+            kept.append(view[position:])
+            break
+        chunk_type = data[position + 4:position + 8]
+        crc_is_right = zlib.crc32(view[position + 4:end - 4]) == struct.unpack_from(">I", data, end - 4)[0]
+        intact = intact and crc_is_right
+        if crc_is_right or not chunk_type[0] & 0x20:
+            kept.append(view[position:end])
+        position = end
+        if chunk_type == b"IEND":
+            break
+    return (data, True) if intact else (b"".join(kept), False)
 
 
 def prepare_pil_image(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -14,7 +13,7 @@ from PIL import Image
 from vlmdata.errors import RowError
 from vlmdata.media.audio import decode_audio, prepare_audio
 from vlmdata.media.fetch import Fetcher
-from vlmdata.media.files import read_media_file, resolve_media_path
+from vlmdata.media.files import read_media_file, resolve_media_path, stored_file_name
 from vlmdata.media.images import prepare_image, prepare_pil_image
 from vlmdata.media.options import MediaOptions
 
@@ -63,7 +62,7 @@ class MediaLoader:
         key, value = payload_of(part, "image")
         resize, max_pixels = self.options.resize, self.options.max_image_pixels
         if key == "image" and isinstance(value, Image.Image):
-            name = _file_name(getattr(value, "filename", "") or None)
+            name = stored_file_name(getattr(value, "filename", "") or None)
             label = f"'{name}'" if name else "given as a PIL image"
             return {"bytes": prepare_pil_image(value, label, resize, max_pixels), "path": name}
         source = self.read_encoded(key, value, base_dir, "image")
@@ -117,7 +116,7 @@ class MediaLoader:
             return EncodedMedia(self.fetcher.fetch(value), value, f"'{value}'")
         path = resolve_media_path(value, base_dir, self.options.media_root, kind)
         data = read_media_file(path, value, kind, self.options.max_file_bytes)
-        return EncodedMedia(data, _file_name(value), f"'{value}'")
+        return EncodedMedia(data, stored_file_name(value), f"'{value}'")
 
     def _read_embedded(self, value, base_dir: str | None, kind: str) -> EncodedMedia:
         if isinstance(value, (bytes, bytearray, memoryview)):
@@ -134,7 +133,7 @@ class MediaLoader:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise RowError(f"{kind} part's bytes must be binary data, got {type(data).__name__}")
             label = f"'{path}'" if path else "from embedded bytes"
-            return EncodedMedia(bytes(data), _file_name(path), label)
+            return EncodedMedia(bytes(data), stored_file_name(path), label)
         if path:
             return self.read_encoded("path", path, base_dir, kind)
         raise RowError(f"{kind} part's {kind!r} has neither bytes nor a path")
@@ -177,7 +176,3 @@ def _decode_base64(text: str, kind: str) -> bytes:
 
 def _is_http(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
-
-
-def _file_name(path: str | None) -> str | None:
-    return os.path.basename(path) if path else None

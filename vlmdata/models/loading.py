@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,6 +18,9 @@ from typing import Any
 
 from vlmdata.errors import FatalError
 from vlmdata.models.registry import FAMILIES, Family, family_for_config
+
+# A hub id: "name" or "owner/name", of letters, digits, "_", "-" and ".", each starting with a letter or digit.
+_HUB_ID = re.compile(r"(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*")
 
 
 @dataclass
@@ -43,9 +47,40 @@ class LoadedProcessor:
         return {vocab[token] for token in self.family.media_tokens if token in vocab}
 
 
-def resolve_checkpoint(model: str) -> str:
-    """The hub id or folder `--model` stands for: an alias becomes its family's default checkpoint."""
-    return FAMILIES[model].default_checkpoint if model in FAMILIES else model
+def resolve_checkpoint(model: str, loading: str = "the model") -> str:
+    """The hub id or folder `--model` stands for: an alias becomes its family's default checkpoint, and "~" in
+    a path the home folder.
+
+    Args:
+        model: an alias, a hub id or a folder.
+        loading: what is loaded from it, for the error message: "the model", "the processor of".
+
+    Raises:
+        FatalError: `model` is a path (see `looks_like_a_path`) that leads to nothing, which the hub would
+            answer with its rules for repository ids.
+    """
+    if model in FAMILIES:
+        return FAMILIES[model].default_checkpoint
+    if not looks_like_a_path(model):
+        return model
+    folder = os.path.expanduser(model)
+    if not os.path.exists(folder):
+        raise FatalError(f"Cannot load {loading} {model}: the model folder {os.path.abspath(folder)} does not exist.")
+    return folder
+
+
+def looks_like_a_path(model: str) -> bool:
+    """Whether `--model` names a local folder rather than a hub id: it cannot be a hub id ("./m", "/m", "~/m",
+    "out/run/m", "my model"), or it is "owner/name" with a folder "owner" here ("out/m" where out/ exists).
+
+    Example:
+        >>> looks_like_a_path("google/gemma-3-4b-it"), looks_like_a_path("./gemma")
+        (False, True)
+    """
+    if not _HUB_ID.fullmatch(model):
+        return True
+    owner, slash, _ = model.partition("/")
+    return bool(slash) and os.path.exists(owner)
 
 
 def load_processor(model: str) -> LoadedProcessor:
@@ -56,7 +91,7 @@ def load_processor(model: str) -> LoadedProcessor:
     """
     from transformers import AutoConfig, AutoProcessor
 
-    checkpoint = resolve_checkpoint(model)
+    checkpoint = resolve_checkpoint(model, loading="the processor of")
     try:
         processor = AutoProcessor.from_pretrained(checkpoint)
     except Exception as error:  # transformers raises OSError, ValueError, HTTP errors...: all mean "cannot load"

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Callable, Iterator
 
@@ -64,6 +65,9 @@ def open_sources(
     """Like `read_sources`, but checks every source when called rather than when the first row is asked for,
     so that a stage can fail on a bad source before it writes anything.
 
+    Every reader is called here too, so that one that checks its source when called (MMIU opens its archives)
+    fails the run before the first row of any source is read.
+
     Raises:
         FatalError: an unknown format, or a source that does not exist or cannot be read.
     """
@@ -74,12 +78,7 @@ def open_sources(
         if format != "auto" and not is_hub_source(source) and not os.path.exists(source):
             raise FatalError(f"Cannot read {source}: no such file or folder.")
         readers.append((source, FORMATS[detect_format(source) if format == "auto" else format]))
-    return _read_each(readers, options)
-
-
-def _read_each(readers: list[tuple[str, Reader]], options: ReaderOptions) -> Iterator[RawRow]:
-    for source, reader in readers:
-        yield from reader(source, options)
+    return itertools.chain.from_iterable([reader(source, options) for source, reader in readers])
 
 
 def detect_format(source: str) -> str:

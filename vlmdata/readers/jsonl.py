@@ -17,6 +17,7 @@ import os
 from typing import Any, Iterator
 
 from vlmdata.readers.files import list_data_files
+from vlmdata.readers.guard import guarded_row
 from vlmdata.readers.options import ReaderOptions
 from vlmdata.readers.records import DATA_FILE_SUFFIXES, SourceRecord, count_files_records, iter_files_records
 from vlmdata.readers.split import parse_split, take_slice
@@ -41,7 +42,9 @@ def read_jsonl(source: str, options: ReaderOptions = ReaderOptions()) -> Iterato
     files = list_data_files(source, DATA_FILE_SUFFIXES)
     records = iter_files_records(files)
     for path, record in take_slice(records, parse_split(options.split), lambda: count_files_records(files)):
-        yield record_to_row(record, path, os.path.dirname(os.path.abspath(path)), field)
+        base_dir = os.path.dirname(os.path.abspath(path))
+        yield guarded_row(lambda: record_to_row(record, path, base_dir, field), record.key, record.where, path,
+                          base_dir)
 
 
 def record_to_row(record: SourceRecord, path: str, base_dir: str, field: str) -> RawRow:

@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 from vlmdata.errors import FatalError
 from vlmdata.readers.files import list_data_files
+from vlmdata.readers.guard import guarded_row
 from vlmdata.readers.hub import HubSource, hub_error, is_hub_source
 from vlmdata.readers.options import ReaderOptions
 from vlmdata.readers.records import PARQUET_SUFFIXES, iter_parquet_rows, open_parquet
@@ -75,10 +76,12 @@ def read_local_parquet(source: str, split: Split | None, field: str = "messages"
             continue
         name, base_dir = os.path.basename(path), os.path.dirname(os.path.abspath(path))
         for index, row, error in iter_parquet_rows(path, first, last):
+            key, where = f"{name}:{index}", f"row {index}"
             if error:
-                yield RawRow(f"{name}:{index}", path, None, base_dir, f"row {index}: {error}")
+                yield RawRow(key, path, None, base_dir, f"{where}: {error}")
             else:
-                yield RawRow(f"{name}:{index}", path, _with_messages(row, field), base_dir)
+                yield guarded_row(lambda: RawRow(key, path, _with_messages(row, field), base_dir), key, where, path,
+                                  base_dir)
 
 
 def split_of_file(path: str, root: str) -> str | None:
@@ -152,7 +155,8 @@ def read_hub_dataset(source: str, split: Split | None, field: str = "messages") 
             return
         except Exception as exc:  # a dropped connection mid-stream ends the whole source
             raise hub_error(source, exc) from exc
-        yield RawRow(f"{split.name}:{index}", origin, _with_messages(example, field))
+        key, where = f"{split.name}:{index}", f"row {index}"
+        yield guarded_row(lambda: RawRow(key, origin, _with_messages(example, field)), key, where, origin, None)
         index += 1
 
 

@@ -14,7 +14,8 @@ The first folder of each image path names the archive. The hub's archives hold t
 ("forensic_detection_blink/..."), while archives re-made from an extracted copy usually repeat the category
 ("Low-level-semantic/forensic_detection_blink/..."); both are found. Images are read straight out of the
 archives, which stay open for the whole run; a folder already extracted next to the metadata is used when
-there is no archive for a category.
+there is no archive for a category. Every archive is opened before the first row is read, so that a corrupt
+one stops the run at once, not after the rows of the archives before it.
 
 Archives come from elsewhere and are read as untrusted: members named with "..", an absolute path or a drive
 letter, and members that are symbolic links, are never read; a member is read only when its declared size is
@@ -34,6 +35,7 @@ from typing import Any, Iterator
 
 from vlmdata.errors import FatalError, RowError
 from vlmdata.media.options import DEFAULT_MAX_FILE_BYTES
+from vlmdata.readers.guard import guarded_row
 from vlmdata.readers.hub import HubSource, hub_error, is_hub_source
 from vlmdata.readers.options import ReaderOptions
 from vlmdata.readers.records import (
@@ -67,10 +69,15 @@ def read_mmiu(source: str, options: ReaderOptions = ReaderOptions()) -> Iterator
     Ids are "<metadata file name>:<row index>", e.g. "all.parquet:17". A row whose image is missing, or whose
     path leaves the dataset folder, is yielded with an error instead of a record.
 
+    The dataset is located and every archive opened when this is called, before any row is asked for.
+
     Args:
         source: the dataset folder (metadata file and archives), a metadata file (archives beside it), or a hub
             id such as "FanqingM/MMIU-Benchmark", which is downloaded first.
         options: `media_root` is the folder of the archives when they are not beside the metadata.
+
+    Raises:
+        FatalError: no metadata, no images, or an archive that cannot be opened.
     """
     if is_hub_source(source):
         source = download_hub_dataset(source)
@@ -78,10 +85,14 @@ def read_mmiu(source: str, options: ReaderOptions = ReaderOptions()) -> Iterator
     split = parse_split(options.split)
     # Slicing happens on the metadata, before any image is read out of an archive.
     records = take_slice(iter_files_records(metadata_files), split, lambda: count_files_records(metadata_files))
-    archives = Archives(root, options.max_file_bytes)
+    return _rows(records, Archives(root, options.max_file_bytes))
+
+
+def _rows(records: Iterator[tuple[str, SourceRecord]], archives: "Archives") -> Iterator[RawRow]:
     try:
         for path, record in records:
-            yield record_to_row(record, path, archives)
+            yield guarded_row(lambda: record_to_row(record, path, archives), record.key, record.where, path,
+                              archives.root)
     finally:
         archives.close()
 
@@ -167,8 +178,10 @@ def row_messages(value: dict[str, Any], archives: "Archives") -> list[dict[str, 
     if question is None or output is None:
         missing = "question" if question is None else "output"
         raise RowError(f"no {missing!r} text")
-    paths = value.get(IMAGE_PATHS_COLUMN) or []
-    if isinstance(paths, str):
+    paths = value.get(IMAGE_PATHS_COLUMN)
+    if paths is None:
+        paths = []
+    elif not isinstance(paths, list):  # one path given alone; anything but text is refused as a path below
         paths = [paths]
     images = [archives.image_part(image_path) for image_path in paths]
     messages = [{"role": "system", "content": [{"type": "text", "text": context}]}] if context else []
@@ -185,24 +198,41 @@ def safe_relative_path(raw: Any) -> PurePosixPath:
         PurePosixPath('Low-level-semantic/task/a.jpg')
 
     Raises:
-        RowError: the path is empty, absolute, or climbs out with "..": reading it could reach any file
-            (the "zip slip" of archive extraction).
+        RowError: the path is not text, is empty or names no file ("."), is absolute, or climbs out with "..":
+            reading it could reach any file (the "zip slip" of archive extraction).
     """
-    if not isinstance(raw, str) or not raw.strip():
+    if not isinstance(raw, str):
+        raise RowError(f"image path {raw!r} is not text but {type(raw).__name__}")
+    if not raw.strip():
         raise RowError(f"image path {raw!r} is empty")
     path = PurePosixPath(raw.strip())
     if path.is_absolute() or _DRIVE.match(raw.strip()) or ".." in path.parts:
         raise RowError(f"image path {raw!r} points outside the dataset folder")
+    if not path.parts:
+        raise RowError(f"image path {raw!r} names no file")
     return path
 
 
 class Archives:
-    """The category archives of an MMIU folder, each opened on first use and kept open until `close`."""
+    """The category archives (``<category>.zip``) of an MMIU folder, all opened at once and kept open until
+    `close`.
+
+    Raises:
+        FatalError: an archive cannot be opened; it is named.
+    """
 
     def __init__(self, root: str, max_member_bytes: int = DEFAULT_MAX_FILE_BYTES):
         self.root = root
         self.max_member_bytes = max_member_bytes
-        self._archives: dict[str, _Archive | None] = {}
+        self._archives: dict[str, _Archive] = {}
+        try:
+            for name in sorted(os.listdir(root)):
+                path = os.path.join(root, name)
+                if name.endswith(".zip") and os.path.isfile(path):
+                    self._archives[name.removesuffix(".zip")] = _Archive(path)
+        except BaseException:
+            self.close()
+            raise
 
     def image_part(self, raw_path: Any) -> dict[str, Any]:
         """The content part of one image: its bytes from the archive, or the extracted file's path.
@@ -212,7 +242,7 @@ class Archives:
         """
         relative = safe_relative_path(raw_path)
         category = relative.parts[0]
-        archive = self._archive(category)
+        archive = self._archives.get(category)
         member = archive.find(relative) if archive else None
         if member:
             data = archive.read(member, self.max_member_bytes)
@@ -229,8 +259,7 @@ class Archives:
 
     def close(self) -> None:
         for archive in self._archives.values():
-            if archive:
-                archive.close()
+            archive.close()
         self._archives.clear()
 
     def _extracted_file(self, relative: PurePosixPath, raw_path: Any) -> str | None:
@@ -243,12 +272,6 @@ class Archives:
             raise RowError(f"image {raw_path!r} is a symbolic link that leads outside the dataset folder")
         return resolved
 
-    def _archive(self, category: str) -> "_Archive | None":
-        if category not in self._archives:
-            path = os.path.join(self.root, f"{category}.zip")
-            self._archives[category] = _Archive(path) if os.path.isfile(path) else None
-        return self._archives[category]
-
 
 class _Archive:
     """One open zip archive, the members that are safe to read, and why the others are not."""
@@ -257,7 +280,7 @@ class _Archive:
         self.path = path
         try:
             self.zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError) as exc:
+        except Exception as exc:  # a damaged directory gives BadZipFile, but also ValueError, OverflowError...
             raise FatalError(f"Cannot open the image archive {path}: {exc}.") from exc
         self.members: dict[str, zipfile.ZipInfo] = {}
         self.refused: dict[str, str] = {}

@@ -2,7 +2,8 @@
 
 Every reader that takes plain data files builds on `iter_records`: it never holds a whole file in memory and it
 turns a record it cannot parse into a `SourceRecord` with an error instead of stopping, so that each bad line
-reaches the rejects file with its line number.
+reaches the rejects file with its line number. Whatever goes wrong while one record is parsed costs that record
+only; what stops a source is a file that cannot be read as a whole (not parquet, a JSON array broken half-way).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ PARQUET_SUFFIXES = (".parquet",)
 DATA_FILE_SUFFIXES = JSON_LINES_SUFFIXES + JSON_SUFFIXES + PARQUET_SUFFIXES
 
 _BOM = b"\xef\xbb\xbf"
+# Parses JSON without turning integers into Python ints, only to find where an item ends.
+_INTEGERS_UNREAD = json.JSONDecoder(parse_int=lambda text: None)
 _CHUNK_CHARS = 1 << 16
 _PARQUET_BATCH_ROWS = 64
 
@@ -135,24 +138,41 @@ def _iter_json_lines(path: str) -> Iterator[SourceRecord]:
     with _open_binary(path) as file:
         for number, raw in _text_lines(file):
             key, where = f"{name}:{number}", f"line {number}"
-            try:
-                value = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                yield SourceRecord(key, where, None, f"{where}: not UTF-8 text ({exc.reason})")
-                continue
-            except json.JSONDecodeError as exc:
-                yield SourceRecord(key, where, None, f"{where}: invalid JSON: {exc.msg} (column {exc.colno})")
-                continue
-            except RecursionError:
-                yield SourceRecord(key, where, None, f"{where}: the JSON is nested too deeply to read")
-                continue
-            yield _object_record(key, where, value)
+            value, error = _parse_line(raw)
+            yield SourceRecord(key, where, None, f"{where}: {error}") if error else _object_record(key, where, value)
+
+
+def _parse_line(raw: bytes) -> tuple[Any, str | None]:
+    """The value of one JSON line, or why it cannot be read."""
+    try:
+        return json.loads(raw.decode("utf-8")), None
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 text ({exc.reason})"
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        return None, "the JSON is nested too deeply to read"
+    except ValueError as exc:  # valid JSON that Python cannot hold: an integer of more than 4300 digits
+        return None, f"cannot read the JSON: {exc}"
+    except Exception as exc:  # one line nobody foresaw must cost that line, not the file
+        return None, f"unexpected {type(exc).__name__}: {exc}"
 
 
 def _iter_json_array(path: str) -> Iterator[SourceRecord]:
     name = os.path.basename(path)
     for index, value in enumerate(_stream_json_array(path)):
-        yield _object_record(f"{name}:{index}", f"item {index}", value)
+        key, where = f"{name}:{index}", f"item {index}"
+        if isinstance(value, _UnreadableItem):
+            yield SourceRecord(key, where, None, f"{where}: {value.reason}")
+        else:
+            yield _object_record(key, where, value)
+
+
+@dataclass(frozen=True)
+class _UnreadableItem:
+    """An item of a JSON array that is valid JSON but cannot be held in Python, stepped over."""
+
+    reason: str
 
 
 def _object_record(key: str, where: str, value: Any) -> SourceRecord:
@@ -198,9 +218,13 @@ def _array_items(path: str) -> Iterator[Any]:
         index = 0
         while True:
             try:
-                yield buffer.decode(decoder)
+                item = buffer.decode(decoder)
             except json.JSONDecodeError as exc:
                 raise FatalError(f"{path} is not valid JSON: item {index}: {exc.msg}.") from exc
+            except ValueError as exc:  # an integer of more than 4300 digits: its end is known, so step over it
+                buffer.decode(_INTEGERS_UNREAD)
+                item = _UnreadableItem(f"cannot read the JSON: {exc}")
+            yield item
             index += 1
             if buffer.peek() == "]":
                 return
@@ -281,11 +305,27 @@ def _row_group(
     index = first
     try:
         for batch in parquet.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=[group]):
-            for row in batch.to_pylist():
+            for row, error in _batch_rows(batch):
                 if start <= index < stop:
-                    yield index, row, None
+                    yield index, row, error
                 index += 1
-    except (OSError, pa.ArrowException) as exc:
+    except Exception as exc:  # corrupt pages raise ArrowException or OSError, but decoders raise others too
         error = f"row group {group} cannot be read: {exc}"
         for lost in range(max(index, start), min(first + count, stop)):
             yield lost, None, error
+
+
+def _batch_rows(batch: pa.RecordBatch) -> list[tuple[dict[str, Any] | None, str | None]]:
+    """``(row, error)`` for each row of a batch; a value Python cannot hold (a date past the year 9999) costs
+    its row only."""
+    try:
+        return [(row, None) for row in batch.to_pylist()]
+    except Exception:  # some row holds such a value: convert them one by one to find which
+        return [_one_row(batch, position) for position in range(batch.num_rows)]
+
+
+def _one_row(batch: pa.RecordBatch, position: int) -> tuple[dict[str, Any] | None, str | None]:
+    try:
+        return batch.slice(position, 1).to_pylist()[0], None
+    except Exception as exc:
+        return None, f"cannot read the row: {type(exc).__name__}: {exc}"

@@ -20,6 +20,7 @@ import re
 from typing import Any, Iterator
 
 from vlmdata.readers.files import list_data_files
+from vlmdata.readers.guard import guarded_row
 from vlmdata.readers.jsonl import own_id
 from vlmdata.readers.options import ReaderOptions
 from vlmdata.readers.records import DATA_FILE_SUFFIXES, SourceRecord, count_files_records, iter_files_records
@@ -52,7 +53,9 @@ def read_sharegpt(source: str, options: ReaderOptions = ReaderOptions()) -> Iter
     files = list_data_files(source, DATA_FILE_SUFFIXES)
     records = iter_files_records(files)
     for path, record in take_slice(records, parse_split(options.split), lambda: count_files_records(files)):
-        yield record_to_row(record, path, os.path.dirname(os.path.abspath(path)), options.field_messages)
+        base_dir = os.path.dirname(os.path.abspath(path))
+        yield guarded_row(lambda: record_to_row(record, path, base_dir, options.field_messages), record.key,
+                          record.where, path, base_dir)
 
 
 def record_to_row(record: SourceRecord, path: str, base_dir: str, field: str | None = None) -> RawRow:

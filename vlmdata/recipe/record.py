@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-METADATA_FILE = "vlmdata.json"
+from vlmdata.folders import METADATA_FILE, PARTIAL_SUFFIX
+
 RECORD_KEY = "recipe"
 TRAIN_PROGRESS = ("loss.jsonl", "checkpoints")
 # The output is the same whatever these are: how many processes, whether a bar is drawn, what to do with an
@@ -47,7 +48,6 @@ def why_stale(out_dir: str | Path, stage: str, settings: Mapping[str, Any]) -> s
     Every stage writes `vlmdata.json` last, so a folder with that file is complete.
     """
     # Imported here: arrow_folder imports datasets, which the command line would otherwise load just to start.
-    from vlmdata.arrow_folder import PARTIAL_SUFFIX
 
     path = Path(out_dir) / METADATA_FILE
     if not path.is_file():

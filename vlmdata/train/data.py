@@ -17,10 +17,9 @@ import datasets
 import numpy as np
 import torch
 
-from vlmdata.accounting import REJECTS_FILE
-from vlmdata.arrow_folder import PARTIAL_SUFFIX, STATE_FILE
+from vlmdata.folders import METADATA_FILE, PARTIAL_SUFFIX, PROCESSOR_DIR, REJECTS_FILE, STATE_FILE
 from vlmdata.errors import FatalError
-from vlmdata.shards import METADATA_FILE, PROCESSOR_DIR, TensorLayout, numpy_rows
+from vlmdata.shards import TensorLayout, numpy_rows
 
 
 @dataclass

@@ -9,18 +9,31 @@ transformers' own (`model.language_model.layers.3.self_attn.q_proj`), which is w
 from __future__ import annotations
 
 import re
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
 
 from vlmdata.errors import FatalError
+from vlmdata.optional import require
 
 # Every family's language model names its projections this way; Mllama's cross-attention layers included.
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
 # The vision side of each family: the tower, the projector into the language model, Gemma 3n's embedder.
 VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "embed_vision")
 ADAPTERS = ("lora", "full")
+# What the libraries say on every run, which tells the user nothing about theirs: (category, start of message).
+KNOWN_NOTICES = (
+    # peft reads transformers' old name for activation checkpointing.
+    (FutureWarning, "`is_gradient_checkpointing` is deprecated"),
+    # The adapter is saved as safetensors and loads back exactly; merging it is the user's own step.
+    (UserWarning, "Model has `tie_word_embeddings=True` and a tied layer is part of the adapter"),
+    # A LoRA on lm_head (--lora-target-modules) saves the embedding layers with the adapter, as it should.
+    (UserWarning, "Setting `save_embedding_layers` to `True` as embedding layers found in `target_modules`"),
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,27 @@ class AdapterOptions:
     lora_dropout: float = 0.05
     lora_target_modules: str = DEFAULT_LORA_TARGETS
     train_vision: bool = False
+
+
+def require_dependencies(family: str | None, quantization: str | None = None) -> None:
+    """Checks, before any work, that what the run needs is installed: the Trainer's accelerate and peft,
+    timm for Gemma 3n's vision tower, bitsandbytes and a CUDA GPU for quantization.
+
+    Raises:
+        FatalError: one sentence naming what is missing, and the extra that installs it.
+    """
+    require("accelerate", "train", "vlmdata train")
+    require("peft", "train", "vlmdata train")
+    if family == "gemma3n":
+        require("timm", "gemma3n", "Gemma 3n's vision tower")
+    if quantization:
+        _require_quantization(quantization)
+
+
+def _require_quantization(quantization: str) -> None:
+    if not torch.cuda.is_available():
+        raise FatalError(f"--load-in-{quantization} needs a CUDA GPU (bitsandbytes quantization); none is available.")
+    require("bitsandbytes", "quantization", f"--load-in-{quantization}")
 
 
 def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None = None) -> nn.Module:
@@ -65,17 +99,21 @@ def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None 
 
 
 def _quantization_config(quantization: str, dtype: torch.dtype):
-    if not torch.cuda.is_available():
-        raise FatalError(f"--load-in-{quantization} needs a CUDA GPU (bitsandbytes quantization); none is available.")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise FatalError(f"--load-in-{quantization} needs bitsandbytes: pip install bitsandbytes") from None
+    _require_quantization(quantization)
     from transformers import BitsAndBytesConfig
 
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+@contextmanager
+def known_notices_silenced() -> Iterator[None]:
+    """Hides the KNOWN_NOTICES of transformers and peft inside the block; every other warning shows."""
+    with warnings.catch_warnings():
+        for category, start in KNOWN_NOTICES:
+            warnings.filterwarnings("ignore", message=re.escape(start), category=category)
+        yield
 
 
 def vision_modules(model: nn.Module) -> list[str]:
@@ -133,7 +171,8 @@ def prepare(model: nn.Module, options: AdapterOptions) -> nn.Module:
         modules_to_save=vision if options.train_vision else None,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    with known_notices_silenced():
+        return get_peft_model(model, config)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -21,18 +21,20 @@ from typing import Any
 import torch
 
 from vlmdata.errors import FatalError
+from vlmdata.folders import METADATA_FILE
 from vlmdata.models.loading import resolve_checkpoint
 from vlmdata.models.registry import family_for_config
 from vlmdata.train.callbacks import LossLog, ProgressBar, RowLog, TextLog
 from vlmdata.train.collator import PixelDecoding, ShardCollator
 from vlmdata.train.data import ArrowRows, Shards, open_shards, split_eval
-from vlmdata.train.model import AdapterOptions, count_parameters, load_model, prepare
+from vlmdata.train.model import (AdapterOptions, count_parameters, known_notices_silenced, load_model, prepare,
+                                 require_dependencies)
 from vlmdata.train.options import REPORTERS, SCHEDULERS
 from vlmdata.train.plot import plot_loss
 from vlmdata.versions import library_versions
 
 CHECKPOINTS_DIR = "checkpoints"
-LOSS_LOG, LOSS_PLOT, METRICS_FILE, METADATA_FILE = "loss.jsonl", "loss.png", "metrics.json", "vlmdata.json"
+LOSS_LOG, LOSS_PLOT, METRICS_FILE = "loss.jsonl", "loss.png", "metrics.json"
 TEXT_LOG, TENSORBOARD_DIR = "train.log", "logs"
 
 
@@ -110,6 +112,7 @@ def train(
     # Everything that can refuse the run does so before `--overwrite` removes the previous output.
     shards = open_shards(shards_source)
     checkpoint = _checkpoint(model, shards)
+    require_dependencies(shards.metadata["model"].get("family"), options.quantization)
     bf16 = _bf16(options.bf16)
     args = _training_arguments(out, options, bf16, _reporters(options.report_to))
     resume_from = _prepare_output(out, resume, overwrite)
@@ -145,12 +148,14 @@ def train(
         )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    with known_notices_silenced():  # checkpoints are saved while training
+        result = trainer.train(resume_from_checkpoint=resume_from)
 
     metrics = dict(result.metrics)
     if eval_rows is not None:
         metrics.update(trainer.evaluate())
-    trainer.save_model(str(out))
+    with known_notices_silenced():
+        trainer.save_model(str(out))
     records = loss_log.records() if trainer.is_world_process_zero() else []
     losses = [record["loss"] for record in records if "loss" in record]
     trainable_count, total_count = count_parameters(trainable)
@@ -200,7 +205,10 @@ def _checkpoint_step(checkpoint: str | None) -> int | None:
 def _checkpoint(model: str | None, shards: Shards) -> str:
     """The base model: the shards' own, unless `model` names another checkpoint of the same family."""
     if model is None:
-        return shards.checkpoint
+        try:
+            return resolve_checkpoint(shards.checkpoint)
+        except FatalError as error:  # tokenized from a folder that has moved, or on another machine
+            raise FatalError(f"{error} The shards were tokenized for it; pass --model to say where it is now.") from None
     checkpoint = resolve_checkpoint(model)
     tokenized_for, chosen = shards.metadata["model"].get("family"), _family_of(checkpoint)
     if tokenized_for and chosen and chosen != tokenized_for:
@@ -281,7 +289,8 @@ def _reporters(report_to: str | None) -> str | list[str]:
     if report_to not in REPORTERS:
         raise FatalError(f"--report-to must be one of {', '.join(REPORTERS)}, got {report_to!r}.")
     if report_to == "tensorboard" and not is_tensorboard_available():
-        raise FatalError("--report-to tensorboard needs tensorboard: pip install tensorboard (or pass --report-to none).")
+        raise FatalError("--report-to tensorboard needs tensorboard, which is not installed: "
+                         "pip install 'vlmdata[tensorboard]' (or pass --report-to none).")
     return [] if report_to == "none" else ["tensorboard"] if report_to == "tensorboard" else "all"
 
 
