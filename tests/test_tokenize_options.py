@@ -63,19 +63,21 @@ def _trained_runs(row: dict, tokenizer) -> list[str]:
 # -- rows with no trainable token -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("train_on", ["assistant", "last"])
-def test_an_empty_reply_with_no_end_of_turn_token_is_rejected(train_on, tmp_path):
-    # LLaVA writes no end-of-turn token, so a reply with no text leaves nothing to train on; Qwen still trains
-    # its <|im_end|>, so the same row is kept there.
+def test_an_empty_last_reply_with_no_end_of_turn_token_leaves_last_nothing_to_train(tmp_path):
+    # LLaVA writes no end-of-turn token, so with --train-on last an empty final reply leaves nothing to train
+    # on; Qwen still trains its <|im_end|>, so the same row is kept there. (A row whose replies are all empty
+    # is refused before, by convert.)
     data = _converted(tmp_path, [
-        {"id": "empty", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": []}]},
+        {"id": "empty-last", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                                          {"role": "user", "content": "And?"}, {"role": "assistant", "content": []}]},
         {"id": "fine", "messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]},
     ])
-    llava = _tokenize(data, tmp_path / "llava", "llava", train_on=train_on)
+    llava = _tokenize(data, tmp_path / "llava", "llava", train_on="last")
     assert (llava.rows_read, llava.rows_written, llava.rows_rejected) == (2, 1, 1)
-    assert _rejects(tmp_path / "llava") == {"empty": f"{NO_TRAINED_TOKEN} (--train-on {train_on})"}
+    assert _rejects(tmp_path / "llava") == {"empty-last": f"{NO_TRAINED_TOKEN} (--train-on last)"}
     assert set(_shard_rows(tmp_path / "llava")) == {"fine"}
-    qwen = _tokenize(data, tmp_path / "qwen", "qwen2_vl", train_on=train_on)
+    assert _tokenize(data, tmp_path / "llava-all", "llava", train_on="assistant").rows_written == 2
+    qwen = _tokenize(data, tmp_path / "qwen", "qwen2_vl", train_on="last")
     assert qwen.rows_written == 2 and qwen.rows_rejected == 0
 
 
