@@ -244,3 +244,22 @@ def test_tokenize_killed_mid_run_and_mid_replace_loses_nothing(tmp_path):
 
     assert content(out) == content(tmp_path / "expected")
     assert sorted(path.name for path in (tmp_path / "work").iterdir()) == ["out"]
+
+
+def test_sigterm_with_two_workers_cleans_up_and_leaks_nothing(slow_source, tmp_path):
+    _, source, expected = slow_source
+    out, partial = tmp_path / "out", tmp_path / "out.partial"
+    command = ["convert", source, "-o", out, "--quiet", "--num-proc", "2"]
+    run = subprocess.Popen([VLMDATA, *map(str, command)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    shard = partial / "shard-00000.arrow"
+    wait_for(lambda: shard.exists() and shard.stat().st_size > 0)
+    workers = children_of(run.pid)
+
+    run.terminate()
+    _, stderr = run.communicate(timeout=120)
+
+    assert run.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM" in stderr
+    assert "leaked" not in stderr and "resource_tracker" not in stderr and "Traceback" not in stderr, stderr
+    assert not out.exists() and not partial.exists()
+    wait_for(lambda: not any(Path(f"/proc/{worker}").exists() for worker in workers), timeout=30)
