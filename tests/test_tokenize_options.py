@@ -205,3 +205,38 @@ def test_truncation_cuts_only_the_tensors_the_layout_says_run_along_the_tokens()
     assert {name: tuple(tensor.shape) for name, tensor in outputs.items()} == {
         "input_ids": (1, 5), "attention_mask": (1, 5), "assistant_masks": (1, 5), "token_type_ids": (1, 5),
         "input_features": (1, 12, 8)}
+
+
+def test_the_date_a_template_writes_is_fixed_recorded_and_can_be_given(tmp_path):
+    # Llama 3.2 Vision's template writes "Today Date" into rows without images: today's date would make the
+    # same data give other shards tomorrow.
+    data = _converted(tmp_path, [{"id": "text", "messages": [{"role": "user", "content": "Hi"},
+                                                              {"role": "assistant", "content": "Hello."}]}])
+    processor = AutoProcessor.from_pretrained(tiny_model("mllama"))
+    texts = {}
+    for date in (None, "01 Dec 2026"):
+        out = tmp_path / f"shards-{date}"
+        _tokenize(data, out, "mllama", **({"template_date": date} if date else {}))
+        texts[date] = processor.tokenizer.decode(load_shards(out)[0]["input_ids"])
+        metadata = json.loads((out / "vlmdata.json").read_text())
+        assert metadata["arguments"]["template_date"] == (date or "26 Jul 2024")
+    assert "Today Date: 26 Jul 2024" in texts[None]
+    assert "Today Date: 01 Dec 2026" in texts["01 Dec 2026"]
+
+
+def test_the_chat_template_is_recorded_by_its_content(tmp_path):
+    from vlmdata.recipe import stage_settings
+
+    template = tmp_path / "mine.jinja"
+    template.write_text(load_template("gemma3"))
+    before = stage_settings({"chat_template": str(template), "model": "gemma3"})
+    template.write_text(load_template("gemma3") + "\n")
+    after = stage_settings({"chat_template": str(template), "model": "gemma3"})
+    assert before["chat_template"] == after["chat_template"] and before != after
+    assert stage_settings({"chat_template": None}) == {"chat_template": None}  # packaged templates: as before
+
+    data = _converted(tmp_path, [{"id": "row", "messages": [{"role": "user", "content": "Hi"},
+                                                             {"role": "assistant", "content": "Hello."}]}])
+    _tokenize(data, tmp_path / "shards", "gemma3", chat_template=str(template))
+    metadata = json.loads((tmp_path / "shards" / "vlmdata.json").read_text())
+    assert metadata["chat_template_sha256"] == after["chat_template_sha256"]

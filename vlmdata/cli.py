@@ -189,6 +189,12 @@ def convert(**options) -> None:
     help="text: cut long rows after their last media token instead of rejecting them.",
 )
 @click.option(
+    "--template-date",
+    default=TOKENIZE_DEFAULTS["template_date"],
+    help="The date chat templates that write today's date write (Llama 3.2 Vision), so that the same data "
+    "gives the same shards on any day.",
+)
+@click.option(
     "--train-on",
     default=TOKENIZE_DEFAULTS["train_on"],
     type=click.Choice(TRAIN_ON),

@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from vlmdata.errors import RowError
+from vlmdata.models.registry import DEFAULT_TEMPLATE_DATE
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,10 @@ class ProcessorCall:
             return messages
         return [{**message, "content": [_as_array(part) for part in message["content"]]} for message in messages]
 
-    def apply(self, processor, messages: list[dict], template: str) -> dict[str, torch.Tensor]:
+    def apply(self, processor, messages: list[dict], template: str, date: str = DEFAULT_TEMPLATE_DATE) -> dict[str, torch.Tensor]:
         """The processor's outputs for one conversation, as torch tensors with a batch dimension of one.
+
+        `date` is what templates that write today's date write (as `date_string`).
 
         Raises:
             RowError: the processor or the template failed on this conversation.
@@ -73,6 +76,7 @@ class ProcessorCall:
                 return_assistant_tokens_mask=True,
                 return_tensors=self.return_tensors,
                 processor_kwargs=self._processor_kwargs(),
+                date_string=date,
             )
             if self.return_tensors != "pt":
                 outputs.convert_to_tensors("pt")

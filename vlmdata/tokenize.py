@@ -12,6 +12,7 @@ writes the shards: uint8 pixel codes and typed Arrow arrays (`vlmdata.shards`), 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
@@ -30,7 +31,7 @@ from vlmdata.folders import PROCESSOR_DIR
 from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, TRUNCATE, has_generation_markers, make_labels, text_cut_allowed
 from vlmdata.models.loading import LoadedProcessor, load_processor
 from vlmdata.modalities import processor_messages
-from vlmdata.models.registry import load_template
+from vlmdata.models.registry import DEFAULT_TEMPLATE_DATE, load_template
 from vlmdata.parallel import computed_ahead
 from vlmdata.processor_call import ProcessorCall
 from vlmdata.rows import RawRow, Reject
@@ -53,6 +54,7 @@ class TokenizeOptions:
     train_on: str = "assistant"
     max_length: int | None = None
     truncate: str = "none"
+    template_date: str = DEFAULT_TEMPLATE_DATE
 
 
 @dataclass
@@ -95,6 +97,7 @@ def tokenize(
     train_on: str = "assistant",
     max_length: int | None = None,
     truncate: str = "none",
+    template_date: str = DEFAULT_TEMPLATE_DATE,
     num_proc: int = 1,
     strict: bool = False,
     overwrite: bool = False,
@@ -110,6 +113,7 @@ def tokenize(
         train_on: "assistant" (every reply), "all" (every text token) or "last" (the final reply).
         max_length: rows longer than this are rejected, or cut with `truncate="text"`.
         truncate: "none", or "text" to drop trailing text of long rows (never their media tokens).
+        template_date: the date templates that write today's date write, so that shards do not depend on the day.
         num_proc: worker processes; the shards are the same for any value.
         strict: stop at the first bad row instead of recording it.
         overwrite: replace `out_dir` if it exists.
@@ -133,7 +137,7 @@ def tokenize(
             f"The chat template {template_name!r} has no {{% generation %}} markers around the assistant replies, "
             "so the trained tokens cannot be found; use a packaged template or add the markers."
         )
-    options = TokenizeOptions(loaded.checkpoint, template, train_on, max_length, truncate)
+    options = TokenizeOptions(loaded.checkpoint, template, train_on, max_length, truncate, template_date)
     stage = TokenizeStage(str(data_dir), dataset, model, loaded, template_name, options, calibrate(loaded, template))
     return run_stage(stage, out_dir, LocalExecutor(num_proc), strict=strict, overwrite=overwrite, progress=progress)
 
@@ -173,6 +177,7 @@ class TokenizeStage(Stage[TokenizeSummary]):
             "data": self.data_dir,
             "model": self.model,
             "chat_template": self.template_name,
+            "template_date": self.options.template_date,
             "train_on": self.options.train_on,
             "max_length": self.options.max_length,
             "truncate": self.options.truncate,
@@ -181,6 +186,7 @@ class TokenizeStage(Stage[TokenizeSummary]):
         return {
             "model": {"name": self.model, "checkpoint": self.options.checkpoint, "family": summary.family},
             "chat_template": self.template_name,
+            "chat_template_sha256": hashlib.sha256(self.options.template.encode("utf-8")).hexdigest(),
             "pixel_storage": self.plan.layout.pixel_storage(),
             "processor_call": asdict(self.plan.call),
             "versions": versions,
@@ -267,7 +273,7 @@ def tokenize_row(
         RowError: the processor fails on it, it is too long, or it has nothing to train on.
     """
     check_assistant_content(messages)  # a dataset not made by convert may have such rows
-    outputs = call.apply(loaded.processor, messages, options.template)
+    outputs = call.apply(loaded.processor, messages, options.template, options.template_date)
     assistant_turns = sum(message["role"] == "assistant" for message in messages)
     columns = _token_columns(outputs, loaded, options, assistant_turns, layout)
     columns.update(encode_tensors(outputs, layout))

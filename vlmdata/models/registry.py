@@ -185,6 +185,11 @@ def family_for_config(config: Mapping) -> Family | None:
     return family_for_model_type(config.get("model_type", ""))
 
 
+# The date templates that write today's (Llama 3.2 Vision's "Today Date") are given, so that the same data
+# makes the same shards on any day: the date Meta's template itself falls back to.
+DEFAULT_TEMPLATE_DATE = "26 Jul 2024"
+
+
 def _template_folder():
     return resources.files("vlmdata.models") / "templates"
 

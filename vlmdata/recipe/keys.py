@@ -128,6 +128,7 @@ _KEYS = (
     Key("vlmdata.audio_sampling_rate", whole_number(minimum=1), ("convert.audio_sampling_rate",)),
     Key("vlmdata.train_on", one_of(*TRAIN_ON), ("tokenize.train_on",)),
     Key("vlmdata.truncate", one_of(*TRUNCATE), ("tokenize.truncate",)),
+    Key("vlmdata.template_date", text, ("tokenize.template_date",)),
     Key("vlmdata.num_proc", whole_number(minimum=1), ("convert.num_proc", "tokenize.num_proc")),
     Key("vlmdata.strict", yes_no, ("convert.strict", "tokenize.strict")),
     Key("vlmdata.train_vision", yes_no, ("train.train_vision",)),

@@ -34,6 +34,9 @@ VOLATILE = frozenset({"overwrite", "quiet", "num_proc", "num_workers", "log_rows
 def stage_settings(options: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that decide a stage's output, from its command's resolved options, in JSON form."""
     kept = {name: value for name, value in options.items() if name not in VOLATILE}
+    template = options.get("chat_template")
+    if isinstance(template, str) and os.path.isfile(template):  # an edited template file makes other shards
+        kept["chat_template_sha256"] = hashlib.sha256(Path(template).read_bytes()).hexdigest()
     return json.loads(json.dumps(kept, sort_keys=True, default=str))
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from vlmdata.media.options import MediaOptions, Resize
 from vlmdata.executors import openmp_threads_wait_passively
+from vlmdata.models.registry import DEFAULT_TEMPLATE_DATE
 from vlmdata.readers import FORMATS
 from vlmdata.readers.options import ReaderOptions
 
@@ -56,6 +57,7 @@ TOKENIZE_DEFAULTS: dict[str, Any] = {
     "max_length": None,
     "truncate": "none",
     "train_on": "assistant",
+    "template_date": DEFAULT_TEMPLATE_DATE,
     "num_proc": 1,
     "strict": False,
     "overwrite": False,
@@ -162,6 +164,7 @@ def tokenize_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
         "train_on": options["train_on"],
         "max_length": options["max_length"],
         "truncate": options["truncate"],
+        "template_date": options["template_date"],
         "num_proc": options["num_proc"],
         "strict": options["strict"],
         "overwrite": options["overwrite"],
