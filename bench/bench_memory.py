@@ -9,13 +9,12 @@ are also added up, sampled every 50 ms, since that is what the machine has to ho
 Defaults, chosen to finish in minutes on a small machine:
 - convert: 2000 and 20000 rows at `--image-size 256` with `--num-proc 2` (draft-mode decoding and both cores
   keep 20000 rows to a few minutes); the figure is then the whole run, main process and workers together;
-- tokenize: the real-size gemma3 processor (896x896 pixels, 256 image tokens), 32 and 160 rows of the
-  workload converted at `--image-size 256` (2 and 10 batches of 16 rows), one process. Every image becomes
-  896x896 pixels, so a tokenize row costs about as much as 15 convert rows; the large run is kept to 160 rows for time. Pass
-  `--tokenize-rows 2000,20000` on a bigger machine (and disk: about 6 GB of shards per 1000 rows).
+- tokenize: the real-size gemma3 processor (896x896 pixels, 256 image tokens), 200 and 2000 rows of the
+  workload converted at `--image-size 256` (13 and 125 batches of 16 rows), one process. Every image becomes
+  896x896 pixels, so the shards of the large run take several GB of disk until they are deleted.
 
 Example:
-    python -m bench.bench_memory --convert-rows 2000,20000 --tokenize-rows 32,160
+    python -m bench.bench_memory --convert-rows 2000,20000 --tokenize-rows 200,2000
 """
 
 from __future__ import annotations
@@ -106,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--convert-rows", default="2000,20000", help="SMALL,LARGE rows for convert ('none' skips)")
-    parser.add_argument("--tokenize-rows", default="32,160", help="SMALL,LARGE rows for tokenize ('none' skips)")
+    parser.add_argument("--tokenize-rows", default="200,2000", help="SMALL,LARGE rows for tokenize ('none' skips)")
     parser.add_argument("--convert-num-proc", type=int, default=2,
                         help="--num-proc of convert (both cores, so that 20000 rows take minutes)")
     parser.add_argument("--tokenize-num-proc", type=int, default=1, help="--num-proc of tokenize")

@@ -5,7 +5,7 @@ caches; a script that fails leaves its figures out and is named in the report, a
 Shard size is measured last.
 
 Presets:
-    default   about 15-20 minutes on 2 busy cores
+    default   about 17-20 minutes on 2 busy cores (200 and 2000 rows for the tokenize memory run)
     --full    larger samples and more repetitions (about an hour): 20000 rows for both convert runs,
               2000 rows for the large tokenize memory run, --num-proc 2 measured for both processors
     --smoke   a few rows of everything, for checking that the scripts work (a few minutes)
@@ -34,7 +34,7 @@ PRESETS = {
         "make_workload": ["--rows", "2000"],
         "bench_tokenize": ["--rows", "144", "--warm-rows", "32", "--repeats", "3"],
         "bench_convert": ["--rows", "80", "--image-sizes", "512,256", "--repeats", "5"],
-        "bench_memory": ["--convert-rows", "2000,20000", "--tokenize-rows", "32,160"],
+        "bench_memory": ["--convert-rows", "2000,20000", "--tokenize-rows", "200,2000"],
         "profile_stages": ["--convert-rows", "100", "--tokenize-rows", "32"],
         "bench_storage": ["--rows", "16", "--check-rows", "4"],
         "bench_collate": ["--rows", "32", "--batch-size", "8", "--repeats", "3"],
