@@ -76,7 +76,8 @@ class ProcessorCall:
                 return_assistant_tokens_mask=True,
                 return_tensors=self.return_tensors,
                 processor_kwargs=self._processor_kwargs(),
-                date_string=date,
+                # Only to a template that reads it: transformers hands any other keyword to the processor.
+                **({"date_string": date} if "date_string" in template else {}),
             )
             if self.return_tensors != "pt":
                 outputs.convert_to_tensors("pt")
