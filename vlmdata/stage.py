@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import datasets
 import pyarrow as pa
@@ -37,9 +37,9 @@ from vlmdata.rows import Reject
 
 ROWS_PER_BATCH = 16
 
-# The step of a row's journey a reject names: reading the source, normalising it, loading or decoding one kind
-# of media, tokenizing, or writing it to Arrow.
-RowStep = Literal["read", "normalise", "image", "audio", "media", "tokenize", "write"]
+# The step of a row's journey a reject names: "read" (the source), "normalise", a modality's kind ("image",
+# "audio": loading that media), "media" (decoding it for the processor), "tokenize", or "write" (to Arrow).
+RowStep = str
 
 Row = TypeVar("Row")
 Resources = TypeVar("Resources")
