@@ -32,6 +32,21 @@ def test_results_come_back_in_input_order_for_any_number_of_workers():
     assert list(map_in_order(square, batched(range(50), 4), 2)) == expected
 
 
+def torch_threads(batch: list[int]) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_each_local_worker_gets_its_share_of_the_cores():
+    from vlmdata.executors import LocalExecutor
+
+    executor = LocalExecutor(2)
+    share = executor.threads_per_process()
+    assert share == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert set(executor.map(torch_threads, batched(range(8), 2))) == {share}
+
+
 def test_a_worker_killed_from_outside_ends_the_run_with_a_clear_error():
     with pytest.raises(FatalError, match="worker process died"):
         list(map_in_order(die_on_seven, batched(range(20), 2), 2))

@@ -125,7 +125,11 @@ class BatchWorker(ABC, Generic[Row, Resources]):
         """One result per input row, in order (each row's work wrapped in `guarded`)."""
 
     def table(self, rows: list[dict[str, Any]]) -> pa.Table:
-        """The rows' columns as an Arrow table in `features` (rows are in storage form already)."""
+        """The rows' columns as an Arrow table in `features`.
+
+        Rows are in storage form already. Encoding them through the features would store a mere reference
+        instead of an image's bytes whenever a file of the image's name exists in the working folder.
+        """
         return pa.Table.from_pylist(rows, schema=self.features.arrow_schema)
 
     def resources(self) -> Resources:
