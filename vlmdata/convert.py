@@ -20,7 +20,7 @@ from vlmdata.media import MediaLoader, MediaOptions
 from vlmdata.modalities import MediaError, load_media, media_counts
 from vlmdata.parallel import batched
 from vlmdata.readers import ReaderOptions, open_sources
-from vlmdata.rows import RawRow, Reject
+from vlmdata.rows import RawRow, Reject, storable_text
 from vlmdata.schema import NORMALISED_FEATURES, normalise
 from vlmdata.stage import (
     ROWS_PER_BATCH, BatchWorker, RowProgress, Stage, StageSummary, WrittenRow, check_num_proc, guarded, run_stage,
@@ -123,16 +123,11 @@ class ConvertWorker(BatchWorker[RawRow, MediaLoader]):
 
 def convert_row(row: RawRow, loader: MediaLoader) -> WrittenRow | Reject:
     """One row -> its normalised record, or the Reject that says why it cannot be written."""
-    row = replace(row, id=_storable(row.id), source=_storable(row.source))
+    # A source or id that is not UTF-8 (a file name on disk) is kept escaped, rather than costing every row.
+    row = replace(row, id=storable_text(row.id), source=storable_text(row.source))
     if row.error is not None:
         return Reject(row.source, row.id, "read", row.error)
     return guarded(row.source, row.id, "normalise", lambda progress: _converted(row, loader, progress))
-
-
-def _storable(name: str) -> str:
-    # A file name that is not UTF-8 on disk reaches Python with surrogates, which Arrow cannot store: such a
-    # name is kept with its odd bytes escaped, rather than costing every row of the file.
-    return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _converted(row: RawRow, loader: MediaLoader, progress: RowProgress) -> WrittenRow:

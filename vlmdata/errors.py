@@ -12,3 +12,13 @@ class RowError(Exception):
 
 class FatalError(Exception):
     """The run cannot go on; the message is shown to the user as it is."""
+
+
+def unexpected(error: Exception) -> str:
+    """The reason of a row lost to an error nobody foresaw, the same at every stage.
+
+    Example:
+        >>> unexpected(KeyError("type"))
+        "unexpected KeyError: 'type'"
+    """
+    return f"unexpected {type(error).__name__}: {error}"

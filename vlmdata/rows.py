@@ -6,6 +6,17 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+def storable_text(text: str) -> str:
+    """`text` as Arrow can store it: a name that is not UTF-8 on disk reaches Python with surrogates
+    ('bad\\udcff.png'), which are kept as a visible escape ('bad\\\\udcff.png') rather than costing the row.
+
+    Example:
+        >>> storable_text("bad\\udcff.png")
+        'bad\\\\udcff.png'
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class RawRow:
     """One row as a reader found it, before normalisation.

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from vlmdata.accounting import RejectLog
 from vlmdata.arrow_folder import ArrowFolderWriter
-from vlmdata.errors import FatalError, RowError
+from vlmdata.errors import FatalError, RowError, unexpected
 from vlmdata.executors import Executor
 from vlmdata.folders import METADATA_FILE, REJECTS_FILE
 from vlmdata.modalities import MODALITIES
@@ -104,7 +104,7 @@ def guarded(source: str, row_id: str, first_step: RowStep, work: Callable[[RowPr
     except RowError as error:
         return Reject(source, row_id, progress.step, str(error))
     except Exception as error:
-        return Reject(source, row_id, progress.step, f"unexpected {type(error).__name__}: {error}")
+        return Reject(source, row_id, progress.step, unexpected(error))
 
 
 class BatchWorker(ABC, Generic[Row, Resources]):

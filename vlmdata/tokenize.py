@@ -203,7 +203,7 @@ class TokenizeWorker(BatchWorker[dict, LoadedProcessor]):
     call: ProcessorCall
     layout: TensorLayout
 
-    @property
+    @functools.cached_property  # built once per worker, not for every batch's table
     def features(self) -> datasets.Features:
         return self.layout.features()
 

@@ -17,6 +17,7 @@ import stat
 from urllib.parse import unquote
 
 from vlmdata.errors import RowError
+from vlmdata.rows import storable_text
 
 FILE_URI_PREFIX = "file://"
 
@@ -78,8 +79,7 @@ def stored_file_name(path: str | None) -> str | None:
     """
     if not path:
         return None
-    name = os.path.basename(path)
-    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return storable_text(os.path.basename(path))
 
 
 def read_media_file(path: str, written_as: str, kind: str, max_bytes: int) -> bytes:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlmdata.errors import RowError
+from vlmdata.errors import RowError, unexpected
 from vlmdata.media import MediaLoader
 from vlmdata.modalities.audio import AUDIO
 from vlmdata.modalities.base import Modality
@@ -78,7 +78,7 @@ def load_media(conversation, base_dir: str | None, loader: MediaLoader) -> dict[
             except RowError as error:
                 raise MediaError(modality.kind, f"{modality.kind} {position}: {error}") from error
             except Exception as error:
-                raise MediaError(modality.kind, f"unexpected {type(error).__name__}: {error}") from error
+                raise MediaError(modality.kind, unexpected(error)) from error
         columns[modality.column] = stored
     return columns
 

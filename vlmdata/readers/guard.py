@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from vlmdata.errors import FatalError
+from vlmdata.errors import FatalError, unexpected
 from vlmdata.rows import RawRow
 
 
@@ -31,4 +31,4 @@ def guarded_row(build: Callable[[], RawRow], key: str, where: str, source: str, 
     except FatalError:  # a problem with the whole source, which must stop the run
         raise
     except Exception as exc:
-        return RawRow(key, source, None, base_dir, f"{where}: unexpected {type(exc).__name__}: {exc}")
+        return RawRow(key, source, None, base_dir, f"{where}: {unexpected(exc)}")

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vlmdata.errors import FatalError
+from vlmdata.errors import FatalError, unexpected
 
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson")
 JSON_SUFFIXES = (".json",)
@@ -155,7 +155,7 @@ def _parse_line(raw: bytes) -> tuple[Any, str | None]:
     except ValueError as exc:  # valid JSON that Python cannot hold: an integer of more than 4300 digits
         return None, f"cannot read the JSON: {exc}"
     except Exception as exc:  # one line nobody foresaw must cost that line, not the file
-        return None, f"unexpected {type(exc).__name__}: {exc}"
+        return None, unexpected(exc)
 
 
 def _iter_json_array(path: str) -> Iterator[SourceRecord]:
