@@ -25,7 +25,7 @@ def test_string_content_becomes_one_text_part():
     conversation = normalise({"messages": [{"role": "user", "content": "Hi"}, assistant("Hello")]})
     assert texts(conversation) == [("user", [("text", "Hi")]), ("assistant", [("text", "Hello")])]
     assert conversation.images == [] and conversation.audios == []
-    assert conversation.media == {"image": [], "audio": []}
+    assert conversation.media == {"image": [], "video": [], "audio": []}
 
 
 def test_media_payloads_move_out_of_the_messages_in_reading_order():
@@ -48,7 +48,7 @@ def test_media_payloads_move_out_of_the_messages_in_reading_order():
         {"image": {"bytes": b"x", "path": None}},
     ]
     assert conversation.audios == [{"path": "s.wav"}]
-    assert conversation.media == {"image": conversation.images, "audio": conversation.audios}
+    assert conversation.media == {"image": conversation.images, "video": [], "audio": conversation.audios}
     assert texts(conversation)[1] == ("user", [("text", "Compare"), ("image", None), ("image", None)])
     assert texts(conversation)[3] == ("user", [("audio", None), ("image", None)])
 

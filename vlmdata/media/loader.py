@@ -93,6 +93,10 @@ class MediaLoader:
         samples, rate = decode_audio(source.data, source.label)
         return prepare_audio(samples, rate, target_rate, source.label)
 
+    def load_video(self, part: dict, base_dir: str | None) -> dict:
+        """Loads one video part's payload as its sampled frames (`vlmdata.modalities.video.video_feature`)."""
+        raise RowError("videos cannot be loaded yet")
+
     def read_encoded(self, key: str, value, base_dir: str | None, kind: str) -> EncodedMedia:
         """Fetches the encoded bytes behind one payload (`payload_of`) of a part of `kind`.
 

@@ -2,11 +2,11 @@
 through all of them: normalising a row's parts, loading their media (convert), and handing the stored items
 to the processor (tokenize).
 
-Adding a kind means adding its module beside `image.py` and `audio.py`, and its line in `MODALITIES`.
+Adding a kind means adding its module beside `image.py`, `video.py` and `audio.py`, and its line in `MODALITIES`.
 
 Example:
     >>> [(modality.kind, modality.column) for modality in MODALITIES]
-    [('image', 'images'), ('audio', 'audios')]
+    [('image', 'images'), ('video', 'videos'), ('audio', 'audios')]
     >>> modality("audio").label
     'audio clips'
 """
@@ -20,9 +20,10 @@ from vlmdata.media import MediaLoader
 from vlmdata.modalities.audio import AUDIO
 from vlmdata.modalities.base import Modality
 from vlmdata.modalities.image import IMAGE
+from vlmdata.modalities.video import VIDEO
 
 # Reading order: the normalised dataset's columns, convert's loading and every summary follow it.
-MODALITIES: tuple[Modality, ...] = (IMAGE, AUDIO)
+MODALITIES: tuple[Modality, ...] = (IMAGE, VIDEO, AUDIO)
 KINDS = tuple(modality.kind for modality in MODALITIES)
 _BY_KIND = {modality.kind: modality for modality in MODALITIES}
 
