@@ -181,7 +181,7 @@ def test_a_dataset_without_media_columns_counts_no_media_and_draws_no_media_hist
 
     statistics = result.statistics
     assert statistics.rows == 3
-    assert statistics.media.per_row == {"image": Counter({0: 3}), "audio": Counter({0: 3})}
+    assert statistics.media.per_row == {"image": Counter({0: 3}), "video": Counter({0: 3}), "audio": Counter({0: 3})}
     assert [pair for pair in summary_rows(statistics) if pair[0] in ("images", "audio clips")] == [
         ("images", "0"), ("audio clips", "0")]
     assert histograms(statistics) == []

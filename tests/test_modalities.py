@@ -64,15 +64,17 @@ def stored_rows(root: Path, records: list[dict], folder: Path) -> list[dict]:
     return dataset.cast(undecoded_features(dataset.features)).to_list()
 
 
-def test_the_registry_lists_image_then_audio_and_finds_each_by_kind():
-    assert KINDS == ("image", "audio")
+def test_the_registry_lists_image_video_then_audio_and_finds_each_by_kind():
+    assert KINDS == ("image", "video", "audio")
     assert [(m.kind, m.column, m.source_columns) for m in MODALITIES] == [
-        ("image", "images", ("images", "image")), ("audio", "audios", ("audios", "audio"))]
-    assert modality("image") is MODALITIES[0] and modality("audio") is MODALITIES[1]
+        ("image", "images", ("images", "image")), ("video", "videos", ("videos", "video")),
+        ("audio", "audios", ("audios", "audio"))]
+    assert modality("image") is MODALITIES[0] and modality("audio") is MODALITIES[2]
     assert modality("image").payload_keys == ("image", "path", "url", "base64")
+    assert modality("video").payload_keys == ("video", "path", "url", "base64")
     assert modality("audio").payload_keys == ("audio", "path", "url", "base64")
-    with pytest.raises(KeyError, match="no modality 'video'"):
-        modality("video")
+    with pytest.raises(KeyError, match="no modality 'document'"):
+        modality("document")
 
 
 def test_one_kind_takes_bare_addresses_and_every_family_names_known_kinds():
@@ -90,20 +92,20 @@ def test_load_media_loads_every_kind_in_reading_order(root):
     }
     media = load_media(normalise(record), str(root), loader())
 
-    assert list(media) == ["images", "audios"]
+    assert list(media) == ["images", "videos", "audios"]
     assert [image["path"] for image in media["images"]] == ["shapes.jpg", "palette.png"]
     with Image.open(root / "images" / "shapes.jpg") as original, Image.open(io.BytesIO(media["images"][0]["bytes"])) as stored:
         assert stored.size == original.size
     clip = media["audios"][0]
     # The fixture is 1 s at 22050 Hz: stored as 1 s at the default 16 kHz.
     assert clip["sampling_rate"] == 16000 and clip["array"].dtype == np.float32 and len(clip["array"]) == 16000
-    assert media_counts({"messages": [], **media}) == {"images": 2, "audios": 1}
-    assert media_counts({"messages": []}) == {"images": 0, "audios": 0}
+    assert media_counts({"messages": [], **media}) == {"images": 2, "videos": 0, "audios": 1}
+    assert media_counts({"messages": []}) == {"images": 0, "videos": 0, "audios": 0}
 
 
 def test_load_media_of_a_text_row_gives_every_column_empty(root):
     record = {"messages": [user(QUESTION), ANSWER]}
-    assert load_media(normalise(record), str(root), loader()) == {"images": [], "audios": []}
+    assert load_media(normalise(record), str(root), loader()) == {"images": [], "videos": [], "audios": []}
 
 
 def test_a_bad_item_is_named_by_kind_and_position(root):
@@ -148,7 +150,7 @@ def test_processor_messages_place_the_stored_images_and_the_processor_reads_them
 
     messages, counts = processor_messages(row, gemma3.family, gemma3.processor)
 
-    assert counts == {"images": 2, "audios": 0}
+    assert counts == {"images": 2, "videos": 0, "audios": 0}
     content = messages[0]["content"]
     assert [part["type"] for part in content] == ["image", "text", "image"]
     with Image.open(root / "images" / "shapes.jpg") as original:
@@ -167,7 +169,7 @@ def test_processor_messages_give_audio_to_a_family_that_takes_it(root, gemma3n, 
 
     messages, counts = processor_messages(row, gemma3n.family, gemma3n.processor)
 
-    assert counts == {"images": 0, "audios": 1}
+    assert counts == {"images": 0, "videos": 0, "audios": 1}
     clip = messages[0]["content"][0]
     assert clip["type"] == "audio" and clip["audio"].dtype == np.float32
     assert np.array_equal(clip["audio"], np.asarray(row["audios"][0]["array"], dtype=np.float32))
@@ -195,7 +197,7 @@ def test_parts_and_stored_items_that_do_not_match_are_refused(root, gemma3, tmp_
     row = stored_rows(root, [record], tmp_path / "data")[0]
 
     one_part = {**row, "messages": [user({"type": "image", "text": None}, QUESTION), STORED_ANSWER]}
-    with pytest.raises(RowError, match="^1 image and 0 audio parts but 2 images and 0 audios$"):
+    with pytest.raises(RowError, match="^1 image parts but 2 images$"):
         processor_messages(one_part, gemma3.family, gemma3.processor)
 
     one_image = {**row, "images": row["images"][:1]}

@@ -118,9 +118,10 @@ def processor_messages(row: dict[str, Any], family, processor) -> tuple[list[dic
             else:
                 content.append({"type": "text", "text": part.get("text") or ""})
         messages.append({"role": message["role"], "content": content})
-    if any(used[kind] != len(stored[kind]) for kind in KINDS):
-        parts = " and ".join(f"{used[modality.kind]} {modality.kind}" for modality in MODALITIES)
-        items = " and ".join(f"{len(stored[modality.kind])} {modality.column}" for modality in MODALITIES)
+    unmatched = [modality for modality in MODALITIES if used[modality.kind] != len(stored[modality.kind])]
+    if unmatched:
+        parts = " and ".join(f"{used[modality.kind]} {modality.kind}" for modality in unmatched)
+        items = " and ".join(f"{len(stored[modality.kind])} {modality.column}" for modality in unmatched)
         raise RowError(f"{parts} parts but {items}")
     return messages, {modality.column: used[modality.kind] for modality in MODALITIES}
 
