@@ -14,6 +14,7 @@ from vlmdata.inspect.report import histograms, summary_rows
 from vlmdata.inspect.samples import Card
 from vlmdata.inspect.stats import Statistics
 from vlmdata.inspect.svg import bar_chart
+from vlmdata.inspect.videos import VideoStrip
 from vlmdata.inspect.tokens import MEDIA, Span
 from vlmdata.modalities import KINDS
 
@@ -39,6 +40,10 @@ dl dd { margin: 0; white-space: pre-wrap; }
 .thumbnails { display: flex; flex-wrap: wrap; gap: 8px; margin: 8px 0; }
 .thumbnails figure { margin: 0; font-size: 12px; color: #666; }
 .thumbnails img { display: block; max-width: 192px; max-height: 192px; border: 1px solid #ccc; }
+.video { margin: 8px 0; font-size: 12px; color: #666; }
+.video .frames { display: flex; gap: 2px; overflow-x: auto; }
+.video figure { margin: 0; }
+.video img { display: block; max-width: 96px; max-height: 96px; }
 .tokens, .content { font-family: ui-monospace, Menlo, monospace; font-size: 13px; white-space: pre-wrap;
   word-break: break-word; }
 .tokens { background: #f7f7f9; padding: 8px; border-radius: 6px; }
@@ -100,6 +105,7 @@ def _card(card: Card) -> str:
     if card.thumbnails:
         thumbnails = "".join(_thumbnail(number, image) for number, image in enumerate(card.thumbnails, 1))
         parts.append(f'<div class="thumbnails">{thumbnails}</div>')
+    parts.extend(_video(number, video) for number, video in enumerate(card.videos, 1))
     if card.note:
         parts.append(f'<p class="note">{escape(card.note)}</p>')
     if card.spans:
@@ -119,6 +125,17 @@ def _thumbnail(number: int, image: Thumbnail) -> str:
         f'<figure><img src="{image.uri}" alt="image {number}, {size}" title="image {number}, {size}">'
         f"<figcaption>image {number} · {size}</figcaption></figure>"
     )
+
+
+def _video(number: int, video: VideoStrip) -> str:
+    frames = "".join(
+        f'<figure><img src="{frame.uri}" alt="video {number} at {time:.2f} s"><figcaption>{time:.2f} s</figcaption></figure>'
+        if frame.uri is not None else f'<figure><span class="unreadable">unreadable</span><figcaption>{time:.2f} s</figcaption></figure>'
+        for frame, time in zip(video.frames, video.timestamps)
+    )
+    shown = f", {len(video.frames)} shown" if len(video.frames) < video.sampled else ""
+    caption = f"video {number} · {video.sampled} frames{shown} · {video.duration:.1f} s"
+    return f'<div class="video" data-frames="{video.sampled}"><div class="frames">{frames}</div><p>{escape(caption)}</p></div>'
 
 
 def _span(span: Span) -> str:

@@ -56,6 +56,8 @@ def _media_rows(statistics: Statistics) -> list[tuple[str, str]]:
 
 def _modality_rows(media: MediaCounts, modality: Modality) -> list[tuple[str, str]]:
     count = media.count(modality.kind)
+    if modality.kind == "video" and count:
+        return [(modality.label, str(count)), *_video_rows(media)]
     if not modality.pictures:
         return [(modality.label, str(count))]
     unreadable = f" ({media.unreadable_images} unreadable)" if media.unreadable_images else ""
@@ -64,6 +66,25 @@ def _modality_rows(media: MediaCounts, modality: Modality) -> list[tuple[str, st
     if sizes:
         rows.append(("image sizes", " · ".join(f"{name} {w}×{h}" for name, (w, h) in sizes.items())))
     return rows
+
+
+def _video_rows(media: MediaCounts) -> list[tuple[str, str]]:
+    frames, tenths = media.frames_per_video, media.video_seconds
+    total = sum(value * count for value, count in tenths.items()) / 10
+    return [
+        ("frames per video", f"min {min(frames)} · median {_median(frames)} · max {max(frames)}"),
+        ("video seconds", f"total {total:.1f} · median {_median(tenths) / 10:.1f} · max {max(tenths) / 10:.1f}"),
+    ]
+
+
+def _median(counts: Counter) -> int:
+    """The lower median of the values a histogram counts."""
+    seen, middle = 0, (sum(counts.values()) + 1) // 2
+    for value in sorted(counts):
+        seen += counts[value]
+        if seen >= middle:
+            return value
+    raise ValueError("an empty histogram has no median")
 
 
 def histograms(statistics: Statistics) -> list[Histogram]:

@@ -18,12 +18,15 @@ from vlmdata.inspect.columns import count_rows, find_ids, find_keys, rows_at
 from vlmdata.inspect.detect import REJECTS, SHARDS, Target, input_data
 from vlmdata.inspect.images import Thumbnail, thumbnail
 from vlmdata.inspect.tokens import TRAINED, Span, has_closing_token, image_length, media_token_names, token_spans
+from vlmdata.inspect.videos import VideoStrip, strip
 from vlmdata.modalities import KINDS, MODALITIES
 from vlmdata.models.registry import FAMILIES
 
 # The kinds whose items the cards show as thumbnails, and the columns that hold them.
 PICTURES = [modality for modality in MODALITIES if modality.pictures]
 PICTURE_COLUMNS = [modality.column for modality in PICTURES]
+# What a card shows of a row's input media: its pictures, and its videos as strips of frames.
+SHOWN_COLUMNS = [*PICTURE_COLUMNS, "videos"]
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Card:
         id, source: where the row came from.
         details: (label, value) pairs shown under the title: tokens, stage, reason, media counts...
         thumbnails: the row's pictures (its images).
+        videos: the row's videos, each a strip of its sampled frames.
         messages: a normalised row's conversation: (role, [(part type, text)]); media parts have their kind
             and number in place of text ("image 2").
         spans: a shard row's tokens.
@@ -47,6 +51,7 @@ class Card:
     source: str
     details: list[tuple[str, str]] = field(default_factory=list)
     thumbnails: list[Thumbnail] = field(default_factory=list)
+    videos: list[VideoStrip] = field(default_factory=list)
     messages: list[tuple[str, list[tuple[str, str]]]] = field(default_factory=list)
     spans: list[Span] = field(default_factory=list)
     note: str | None = None
@@ -69,12 +74,16 @@ def build_cards(target: Target, n: int = 16, seed: int = 0, ids: list[str] | Non
     positions = find_ids(target.data_files, ids) if ids else choose(count_rows(target.data_files), n, seed)
     if target.kind == SHARDS:
         return _shard_cards(target, positions)
-    rows = rows_at(target.data_files, positions, ["messages", *PICTURE_COLUMNS, "id", "source"])
+    rows = rows_at(target.data_files, positions, ["messages", *SHOWN_COLUMNS, "id", "source"])
     return [_normalised_card(position, rows[position]) for position in positions]
 
 
 def _thumbnails(row: dict[str, Any]) -> list[Thumbnail]:
     return [thumbnail(item) for modality in PICTURES for item in row.get(modality.column) or []]
+
+
+def _strips(row: dict[str, Any]) -> list[VideoStrip]:
+    return [strip(video) for video in row.get("videos") or []]
 
 
 def _normalised_card(position: int, row: dict[str, Any]) -> Card:
@@ -91,7 +100,7 @@ def _normalised_card(position: int, row: dict[str, Any]) -> Card:
                 parts.append((kind, part.get("text") or ""))
         messages.append((message["role"], parts))
     details = [(modality.label, str(counts[modality.kind])) for modality in MODALITIES]
-    return Card(position, str(row["id"]), str(row["source"]), details, _thumbnails(row), messages)
+    return Card(position, str(row["id"]), str(row["source"]), details, _thumbnails(row), _strips(row), messages)
 
 
 def _shard_cards(target: Target, positions: list[int]) -> list[Card]:
@@ -138,13 +147,14 @@ def _add_input_images(target: Target, cards: list[Card]) -> None:
             card.note = "images not shown: the input data recorded in vlmdata.json was not found"
         return
     positions = find_keys(source.data_files, {(card.source, card.id) for card in cards})
-    rows = rows_at(source.data_files, positions.values(), PICTURE_COLUMNS)
+    rows = rows_at(source.data_files, positions.values(), SHOWN_COLUMNS)
     for card in cards:
         position = positions.get((card.source, card.id))
         if position is None:
             card.note = f"images not shown: row not found in the input data {str(source.path)!r}"
         else:
             card.thumbnails = _thumbnails(rows[position])
+            card.videos = _strips(rows[position])
 
 
 def _reject_cards(target: Target, n: int, seed: int, ids: list[str] | None) -> list[Card]:

@@ -27,6 +27,7 @@ from vlmdata.errors import FatalError
 from vlmdata.inspect.columns import batches, count_rows, list_lengths
 from vlmdata.inspect.detect import NORMALISED, REJECTS, SHARDS, Target, input_data
 from vlmdata.inspect.images import header_sizes
+from vlmdata.inspect.videos import video_summaries
 from vlmdata.labels import IGNORE_INDEX
 from vlmdata.modalities import KINDS, MODALITIES
 
@@ -40,12 +41,16 @@ class MediaCounts:
         per_row: for each kind, how many rows have each number of items of that kind.
         image_sizes: how many pictures (images) have each (width, height).
         unreadable_images: pictures whose header cannot be read.
+        frames_per_video: how many videos store each number of sampled frames.
+        video_seconds: how many videos last each duration, in tenths of a second.
     """
 
     rows: int = 0
     per_row: dict[str, Counter] = field(default_factory=lambda: {kind: Counter() for kind in KINDS})
     image_sizes: Counter = field(default_factory=Counter)
     unreadable_images: int = 0
+    frames_per_video: Counter = field(default_factory=Counter)
+    video_seconds: Counter = field(default_factory=Counter)
 
     def count(self, kind: str) -> int:
         """How many items of `kind` the rows hold."""
@@ -165,9 +170,11 @@ def count_media(files, advance=None, keep: Iterator[tuple[str, str]] | None = No
     for batch in batches(files, [*(modality.column for modality in MODALITIES), "source", "id"]):
         lengths = {modality.kind: _lengths(batch, modality.column) for modality in MODALITIES}
         sizes = {modality.kind: iter(_sizes(batch, modality.column)) for modality in pictures}
+        videos = iter(_video_summaries(batch))
         keys = zip(batch.column("source").to_pylist(), batch.column("id").to_pylist()) if keep is not None else None
         for row in range(batch.num_rows):
             row_sizes = [next(sizes[kind]) for kind in sizes for _ in range(lengths[kind][row])]
+            row_videos = [next(videos) for _ in range(lengths["video"][row])]
             if keep is not None:
                 if next(keys) != pending:
                     continue
@@ -177,6 +184,8 @@ def count_media(files, advance=None, keep: Iterator[tuple[str, str]] | None = No
                 media.per_row[kind][counts[row]] += 1
             media.image_sizes.update(size for size in row_sizes if size is not None)
             media.unreadable_images += sum(size is None for size in row_sizes)
+            media.frames_per_video.update(frames for frames, _ in row_videos)
+            media.video_seconds.update(round(seconds * 10) for _, seconds in row_videos)
         if advance is not None:
             advance(batch.num_rows)
     return media if keep is None or pending is None else None
@@ -189,6 +198,10 @@ def _lengths(batch, column: str) -> list[int]:
 
 def _sizes(batch, column: str) -> list[tuple[int, int] | None]:
     return header_sizes(batch.column(column)) if column in batch.schema.names else []
+
+
+def _video_summaries(batch) -> list[tuple[int, float]]:
+    return video_summaries(batch.column("videos")) if "videos" in batch.schema.names else []
 
 
 def _count_tokens(target: Target, statistics: Statistics, advance) -> None:
