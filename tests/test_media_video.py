@@ -15,6 +15,7 @@ from vlmdata.errors import RowError
 from vlmdata.media import MediaLoader, MediaOptions
 from vlmdata.media.options import Resize
 from vlmdata.media.video import Sampling, decode_video
+from vlmdata.schema import normalise
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,19 @@ def test_a_parts_own_num_frames_or_fps_wins_over_the_options(videos):
     assert len(options.load_video({"path": "clip.mp4", "fps": 1.0}, str(videos))["frames"]) == 2
     with pytest.raises(RowError, match="num_frames must be a positive integer"):
         options.load_video({"path": "clip.mp4", "num_frames": 0}, str(videos))
+
+
+def test_a_parts_sampling_keys_travel_with_its_payload_also_from_the_column():
+    conversation = normalise({
+        "messages": [
+            {"role": "user", "content": [{"type": "video", "path": "a.mp4", "fps": 1.0},
+                                         {"type": "video", "num_frames": 3}, {"type": "image", "path": "b.png"}]},
+            {"role": "assistant", "content": "x"},
+        ],
+        "videos": ["c.mp4"],
+    })
+    assert conversation.media["video"] == [{"path": "a.mp4", "fps": 1.0}, {"path": "c.mp4", "num_frames": 3}]
+    assert conversation.images == [{"path": "b.png"}]
 
 
 def test_sampling_count():
@@ -145,6 +159,14 @@ def test_bad_videos_are_rejected_with_their_reason(videos, tmp_path):
         loader(max_video_seconds=1.0).load_video({"path": "clip.mp4"}, str(videos))
     with pytest.raises(RowError, match="3072 pixels, over the limit of 1000"):
         loader(max_image_pixels=1000).load_video({"path": "clip.mp4"}, str(videos))
+
+
+@pytest.mark.parametrize("container, codec", [("webm", "libvpx"), ("matroska", "libx264")])
+@pytest.mark.parametrize("kept", [0.2, 0.6, 0.9])
+def test_a_cut_off_stream_is_rejected_as_truncated_not_shortened(container, codec, kept):
+    data = encode_video(drawn_frames(20), container, codec)
+    with pytest.raises(RowError, match="truncated"):
+        decode_video(data[: int(len(data) * kept)], "'cut'", Sampling(frames=5))
 
 
 def test_frames_of_different_sizes_are_rejected(tmp_path):

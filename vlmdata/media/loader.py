@@ -119,9 +119,11 @@ class MediaLoader:
         """
         options = self.options
         sampling = self._sampling(part)
-        key, value = payload_of({k: v for k, v in part.items() if k not in VIDEO_OPTION_KEYS}, "video")
+        key, value = payload_of(part, "video")
         if key == "video" and isinstance(value, np.ndarray):
-            return self._frames_list(list(value) if value.ndim == 4 else [value], part, base_dir)
+            if value.ndim != 4:
+                raise RowError(f"video given as an array must be [frames, height, width, 3], got {value.shape}")
+            return self._frames_list(list(value), part, base_dir)
         if key in ("video", "path") and isinstance(value, (list, tuple)):
             return self._frames_list(list(value), part, base_dir)
         source = self.read_encoded(key, value, base_dir, "video")

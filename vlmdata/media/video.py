@@ -33,6 +33,8 @@ TARGET_TOLERANCE_FRAMES = 0.5
 # Targets closer than this to the last decoded frame are reached by decoding on: a seek would land on the
 # same keyframe and decode the same frames again.
 SEEK_GAP_SECONDS = 1.0
+# Packets may end this many frames before the length a header states without the file being cut off.
+TRUNCATION_MARGIN_FRAMES = 2
 
 
 @dataclass(frozen=True)
@@ -174,7 +176,15 @@ def read_header(av, container, label: str) -> Header:
         duration = container.duration / 1_000_000
     total = stream.frames
     if not total:
-        total = _count_packets(av, container, stream, label)
+        total, end = _count_packets(av, container, stream, label)
+        # The header's length is written when the file is finished; packets that stop well short of it are
+        # a file cut off, whose frame count would otherwise quietly shrink to what is left.
+        end = start if end is None else end
+        if duration and end - start < duration - max(TRUNCATION_MARGIN_FRAMES / fps, 0.05 * duration):
+            raise RowError(
+                f"video {label} is truncated: its packets end at {end - start:.2f} s of the {duration:.2f} s "
+                "its header states"
+            )
     if not duration or duration <= 0:
         duration = total / fps
     if total <= 0:
@@ -182,12 +192,20 @@ def read_header(av, container, label: str) -> Header:
     return Header(duration, fps, int(total), int(width), int(height), start)
 
 
-def _count_packets(av, container, stream, label: str) -> int:
+def _count_packets(av, container, stream, label: str) -> tuple[int, float | None]:
+    """The number of the stream's packets and the second the last one ends at (None when none states it)."""
     # Demuxing reads packet headers only, no pixels: cheap next to decoding.
+    count, end = 0, None
     try:
-        return sum(1 for packet in container.demux(stream) if packet.size and packet.pts is not None)
+        for packet in container.demux(stream):
+            if not packet.size or packet.pts is None:
+                continue
+            count += 1
+            finish = float((packet.pts + (packet.duration or 0)) * stream.time_base)
+            end = finish if end is None else max(end, finish)
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise RowError(f"cannot read video {label}: {_reason(exc)}") from exc
+        raise RowError(f"video {label} is truncated or corrupt: {_reason(exc)}") from exc
+    return count, end
 
 
 def _decode_seeking(av, container, targets: list[float], header: Header, label: str) -> list:
