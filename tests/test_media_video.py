@@ -56,8 +56,10 @@ def test_num_frames_spreads_frames_uniformly_including_odd_counts(videos):
 
 
 def test_frames_are_capped_by_max_video_frames_and_by_the_clip(videos):
-    assert len(loader(video_fps=10.0, max_video_frames=5).load_video({"path": "clip.mp4"}, str(videos))["frames"]) == 5
-    assert len(loader(video_frames=500, max_video_frames=500).load_video({"path": "clip.mp4"}, str(videos))["frames"]) == 20
+    capped = loader(video_fps=10.0, max_video_frames=5).load_video({"path": "clip.mp4"}, str(videos))
+    assert len(capped["frames"]) == 5
+    every = loader(video_frames=500, max_video_frames=500).load_video({"path": "clip.mp4"}, str(videos))
+    assert len(every["frames"]) == 20
 
 
 def test_a_parts_own_num_frames_or_fps_wins_over_the_options(videos):
@@ -194,8 +196,9 @@ def test_convert_end_to_end_stores_videos_and_rejects_bad_ones(videos, tmp_path)
     (tmp_path / "b.png").write_bytes(png(drawn_frames(1, 32, 24)[0]))
     for name in ("clip.mp4", "clip.webm", "truncated.mp4", "tone_only.m4a"):
         (tmp_path / name).write_bytes((videos / name).read_bytes())
-    big = encode_video(drawn_frames(400, 320, 240), "mp4", "libx264")
-    with serve({"/clip.mp4": (videos / "clip.mp4").read_bytes(), "/big.mp4": big}) as server:
+    (tmp_path / "big.mp4").write_bytes(encode_video(drawn_frames(20, 320, 240), "mp4", "libx264"))
+    huge = encode_video(drawn_frames(20, 160, 120), "mp4", "libx264")
+    with serve({"/clip.mp4": (videos / "clip.mp4").read_bytes(), "/huge.mp4": huge}) as server:
         rows = [
             video_row("two", None, videos=["clip.mp4", "clip.webm"]) | {"messages": [
                 {"role": "user", "content": [{"type": "video"}, {"type": "video", "num_frames": 3}, "?"]},
@@ -208,27 +211,33 @@ def test_convert_end_to_end_stores_videos_and_rejects_bad_ones(videos, tmp_path)
             video_row("zero", {"type": "video", "video": []}),
             video_row("sizes", {"type": "video", "path": ["a.png", "b.png"]}),
             video_row("long", {"type": "video", "path": "long.mp4"}),
-            video_row("pixels", {"type": "video", "url": server.url("/big.mp4")}),
+            video_row("pixels", {"type": "video", "path": "big.mp4"}),
+            video_row("download", {"type": "video", "url": server.url("/huge.mp4")}),
             video_row("count", None, videos=[]),
         ]
         source = tmp_path / "rows.jsonl"
         source.write_text("".join(json.dumps(row) + "\n" for row in rows))
         result = CliRunner().invoke(cli, [
             "convert", str(source), "-o", str(tmp_path / "out"), "--quiet", "--video-fps", "1",
-            "--max-video-seconds", "3", "--max-image-pixels", "20000", "--max-download-bytes", str(len(big) - 1),
+            "--max-video-seconds", "3", "--max-image-pixels", "20000", "--max-download-bytes", str(len(huge) - 1),
         ])
     assert result.exit_code == 0, result.output
-    rejects = {r["id"]: r["reason"] for r in map(json.loads, (tmp_path / "out" / "rejects.jsonl").read_text().splitlines())}
-    assert set(rejects) == {"not_video", "truncated", "audio_only", "zero", "sizes", "long", "pixels", "count"}
+    lines = (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()
+    rejects = {reject["id"]: reject["reason"] for reject in map(json.loads, lines)}
+    assert set(rejects) == {"not_video", "truncated", "audio_only", "zero", "sizes", "long", "pixels", "download", "count"}
     assert "not a video" in rejects["not_video"]
     assert "truncated" in rejects["truncated"]
     assert "has no video stream" in rejects["audio_only"]
     assert "has no frames" in rejects["zero"]
     assert "different sizes" in rejects["sizes"]
     assert "over the limit of 3 s" in rejects["long"]
-    assert "pixels" in rejects["pixels"] or "bytes" in rejects["pixels"]
+    assert "76800 pixels, over the limit of 20000" in rejects["pixels"]
+    assert "over the limit" in rejects["download"] and "bytes" in rejects["download"]
     assert "video parts have no video" in rejects["count"]
 
+    summary = json.loads((tmp_path / "out" / "vlmdata.json").read_text())["summary"]
+    assert (summary["rows_read"], summary["rows_written"], summary["rows_rejected"]) == (12, 3, 9)
+    assert summary["videos"] == 4 and sum(summary["rejects_by_reason"].values()) == 9
     dataset = datasets.load_from_disk(str(tmp_path / "out"))
     by_id = {row["id"]: row for row in dataset}
     assert set(by_id) == {"two", "url", "frames"}

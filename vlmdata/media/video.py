@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import io
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
@@ -260,21 +262,18 @@ def _decoding_failed(found: list, label: str, exc: BaseException) -> None:
     raise RowError(f"video {label} is truncated or corrupt: decoding failed{where}: {_reason(exc)}") from exc
 
 
-class _open:
-    """Opens a container from bytes, turning FFmpeg's refusal into a RowError."""
-
-    def __init__(self, av, data: bytes, label: str):
-        self.av, self.data, self.label, self.container = av, data, label, None
-
-    def __enter__(self):
-        try:
-            self.container = self.av.open(io.BytesIO(self.data), mode="r")
-        except (self.av.FFmpegError, OSError, ValueError) as exc:
-            raise RowError(f"cannot decode video {self.label}: not a video, or a truncated or corrupt one ({_reason(exc)})") from exc
-        return self.container
-
-    def __exit__(self, *exc_info) -> None:
-        self.container.close()
+@contextmanager
+def _open(av, data: bytes, label: str) -> Iterator:
+    """Opens a container held in memory, turning FFmpeg's refusal into a RowError."""
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        reason = f"not a video, or a truncated or corrupt one ({_reason(exc)})"
+        raise RowError(f"cannot decode video {label}: {reason}") from exc
+    try:
+        yield container
+    finally:
+        container.close()
 
 
 def _reason(exc: BaseException) -> str:
