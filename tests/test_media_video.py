@@ -171,6 +171,15 @@ def test_a_cut_off_stream_is_rejected_as_truncated_not_shortened(container, code
         decode_video(data[: int(len(data) * kept)], "'cut'", Sampling(frames=5))
 
 
+@pytest.mark.parametrize("seek", [True, False])
+@pytest.mark.parametrize("kept", [0.5, 0.9])
+def test_an_mp4_cut_off_after_its_index_is_rejected_as_truncated(seek, kept):
+    data = encode_video(drawn_frames(20), "mp4", "libx264", faststart=True)
+    assert data.find(b"moov") < data.find(b"mdat")
+    with pytest.raises(RowError, match="truncated"):
+        decode_video(data[: int(len(data) * kept)], "'cut'", Sampling(frames=5), seek=seek)
+
+
 def test_frames_of_different_sizes_are_rejected(tmp_path):
     (tmp_path / "a.png").write_bytes(png(drawn_frames(1)[0]))
     (tmp_path / "b.png").write_bytes(png(drawn_frames(1, 32, 24)[0]))
