@@ -4,7 +4,7 @@ float32 `pixel_values_videos`.
 The clips are H.264 made here with PyAV (moving shapes over a gradient, a keyframe every second, as camera and
 web encoders write them). Convert samples them at its default 2 frames per second; seeking jumps to the
 keyframe before each sampled frame, while the baseline decodes every frame and keeps the sampled ones. Both
-produce the same frames. Convert's figure is end to end: decoding, PNG encoding and the Arrow write.
+produce the same frames. Convert's figure is end to end: decoding, JPEG encoding and the Arrow write.
 
 For the shards, the same sampled videos are tokenized for Qwen2-VL (its processor at real size) and Qwen2.5-VL
 (the tiny fixture's processor, the same video processor class); the baseline is the float32
@@ -145,10 +145,10 @@ def decoding_figures(source: Path, scratch: Path, repeats: int) -> tuple[list[Fi
                rate["sparse_seek"] / rate["sparse_all"], ratio_text(rate["sparse_seek"] / rate["sparse_all"]),
                note=where.replace("sampled at 2 fps", f"--video-frames {SPARSE_FRAMES}").split(" (")[0]
                + f", {sparse} frames"),
-        Figure("video.convert.seek", "convert on videos (decode, PNG, Arrow): seeking vs decoding every frame",
+        Figure("video.convert.seek", "convert on videos (decode, JPEG, Arrow): seeking vs decoding every frame",
                f"{rate['convert_seek']:.1f} frames/s", f"decode every frame: {rate['convert_all']:.1f} frames/s",
                rate["convert_seek"] / rate["convert_all"], ratio_text(rate["convert_seek"] / rate["convert_all"]),
-               note=where + f"; frames stored as PNG, {stored / 1024:.0f} KiB per frame"),
+               note=where + f"; frames stored as JPEG quality 95, {stored / 1024:.0f} KiB per frame"),
     ]
     return figures, {"median_seconds": seconds, "samples_seconds": samples, "frames_per_s": rate,
                      "stored_bytes_per_frame": stored, "frames": written}

@@ -154,9 +154,33 @@ def stage_options(defaults: dict):
     type=click.IntRange(min=1),
     help="Images with more pixels are refused from their header, before any pixel is decoded.",
 )
+@click.option(
+    "--video-frames",
+    default=CONVERT_DEFAULTS["video_frames"],
+    type=click.IntRange(min=1),
+    help="Take this many frames uniformly over each video, instead of sampling by --video-fps.",
+)
+@click.option(
+    "--video-fps",
+    default=CONVERT_DEFAULTS["video_fps"],
+    type=click.FloatRange(min=0, min_open=True),
+    help="Take this many frames per second of each video; a video given as frames is timed at this rate.",
+)
+@click.option(
+    "--max-video-frames",
+    default=CONVERT_DEFAULTS["max_video_frames"],
+    type=click.IntRange(min=1),
+    help="Never take more frames than this from one video.",
+)
+@click.option(
+    "--max-video-seconds",
+    default=CONVERT_DEFAULTS["max_video_seconds"],
+    type=click.FloatRange(min=0, min_open=True),
+    help="Videos longer than this are refused from their header, before any frame is decoded.",
+)
 @stage_options(CONVERT_DEFAULTS)
 def convert(**options) -> None:
-    """Convert SOURCES into a normalised dataset (messages, images, audios) that datasets.load_from_disk reads.
+    """Convert SOURCES into a normalised dataset (messages, images, videos, audios) that datasets.load_from_disk reads.
 
     \b
     Examples:

@@ -136,7 +136,10 @@ def normalise(record: dict[str, Any]) -> Conversation:
                 content.append({"type": "text", "text": part["text"]})
             else:
                 content.append({"type": part["type"], "text": None})
-                conversation.media[part["type"]].append(part["payload"])
+                # The part's own options (a video's "num_frames") join its payload, wherever that came from.
+                options = part.get("options")
+                payload = {**part["payload"], **options} if options else part["payload"]
+                conversation.media[part["type"]].append(payload)
         conversation.messages.append({"role": message["role"], "content": content})
     return conversation
 
@@ -188,7 +191,8 @@ def _parse_part(where: str, part: Any) -> dict[str, Any]:
     index = part.get("index")
     if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
         raise RowError(f"{where}: {kind} index is {_describe(index)}, expected an integer")
-    return {"type": kind, "payload": payload or None, "index": index, "where": where}
+    options = {key: part[key] for key in modality(kind).option_keys if key in part}
+    return {"type": kind, "payload": payload or None, "index": index, "where": where, "options": options}
 
 
 def _openai_part_to_extended(part: dict[str, Any]) -> dict[str, Any]:

@@ -194,14 +194,15 @@ def check_png_chunks(data: bytes) -> tuple[bytes, bool]:
 
 
 def prepare_pil_image(
-    image: Image.Image, label: str, resize: Resize | None, max_pixels: int | None = None
+    image: Image.Image, label: str, resize: Resize | None, max_pixels: int | None = None, as_jpeg: bool | None = None
 ) -> bytes:
-    """Like `prepare_image` for an image that is already a PIL object; it is always encoded anew."""
+    """Like `prepare_image` for an image that is already a PIL object; it is always encoded anew, as JPEG
+    (quality 95) when `as_jpeg` says so or, with `as_jpeg` None, when the image was read from a JPEG; else PNG."""
     if max_pixels is not None and image.width * image.height > max_pixels:
         raise RowError(_too_many_pixels(label, image.width * image.height, max_pixels))
     with strict_decoding(label, max_pixels):
         image.load()
-    as_jpeg = image.format in JPEG_FAMILY
+    as_jpeg = image.format in JPEG_FAMILY if as_jpeg is None else as_jpeg
     orientation = _orientation(image)
     plan = plan_resize(_upright_size(image.size, orientation), resize)
     image = _finish(image, label, orientation, resize, plan)

@@ -1,9 +1,10 @@
-"""The one entry point of media loading: a content part's payload in, a stored image or audio clip out."""
+"""The one entry point of media loading: a content part's payload in, a stored image, audio clip or video out."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -16,9 +17,12 @@ from vlmdata.media.fetch import Fetcher
 from vlmdata.media.files import read_media_file, resolve_media_path, stored_file_name
 from vlmdata.media.images import prepare_image, prepare_pil_image
 from vlmdata.media.options import MediaOptions
+from vlmdata.media.video import Sampling, decode_video
 
 # Where a part's media can be found besides in the part itself, under a key named after its kind ("image").
 ADDRESS_KEYS = ("path", "url", "base64")
+# A video part's own sampling, which wins over the options' (`vlmdata.modalities.video.VideoModality`).
+VIDEO_OPTION_KEYS = ("num_frames", "fps")
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,95 @@ class MediaLoader:
         return prepare_audio(samples, rate, target_rate, source.label)
 
     def load_video(self, part: dict, base_dir: str | None) -> dict:
-        """Loads one video part's payload as its sampled frames (`vlmdata.modalities.video.video_feature`)."""
-        raise RowError("videos cannot be loaded yet")
+        """Loads one video part's payload as its sampled frames (`vlmdata.modalities.video.video_feature`).
+
+        A video file is sampled (`vlmdata.media.video`); a video given as its frames is taken as it is, timed
+        at `video_fps` (or the part's "fps") frames per second.
+
+        Args:
+            part: exactly one of "video" (a uint8 array [T, H, W, 3], a list of frames as PIL images, arrays
+                or paths, raw bytes, or {"bytes", "path"}), "path" (a file, or a list of frame files), "url"
+                and "base64" (raw, or a data:video/...;base64,... URI); optionally "num_frames" or "fps",
+                which win over the options' sampling.
+            base_dir: the folder relative paths resolve against when no media_root is set.
+
+        Returns:
+            {"frames": [{"bytes", "path"}], "timestamps": [seconds], "fps": source fps or None,
+            "total_frames": the source's frame count}
+
+        Raises:
+            RowError: the payload is missing, ambiguous, unreachable or not a valid video, or breaks a limit.
+        """
+        options = self.options
+        sampling = self._sampling(part)
+        key, value = payload_of(part, "video")
+        if key == "video" and isinstance(value, np.ndarray):
+            if value.ndim != 4:
+                raise RowError(f"video given as an array must be [frames, height, width, 3], got {value.shape}")
+            return self._frames_list(list(value), part, base_dir)
+        if key in ("video", "path") and isinstance(value, (list, tuple)):
+            return self._frames_list(list(value), part, base_dir)
+        source = self.read_encoded(key, value, base_dir, "video")
+        video = decode_video(
+            source.data, source.label, sampling, options.max_video_seconds, options.max_image_pixels
+        )
+        frames = [
+            {"bytes": prepare_pil_image(Image.fromarray(pixels), f"frame {i} of {source.label}", options.resize,
+                                        as_jpeg=True),
+             "path": None}
+            for i, pixels in enumerate(video.frames)
+        ]
+        return {"frames": frames, "timestamps": video.timestamps, "fps": video.fps, "total_frames": video.total_frames}
+
+    def _sampling(self, part: dict) -> Sampling:
+        """The options' sampling with the part's own "num_frames" or "fps" in their place."""
+        frames, fps = self.options.video_frames, self.options.video_fps
+        if part.get("num_frames") is not None:
+            frames = part["num_frames"]
+            if isinstance(frames, bool) or not isinstance(frames, int) or frames <= 0:
+                raise RowError(f"video part's num_frames must be a positive integer, got {frames!r}")
+        elif part.get("fps") is not None:
+            fps = part["fps"]
+            if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not fps > 0:
+                raise RowError(f"video part's fps must be a positive number, got {fps!r}")
+            frames = None
+        return Sampling(frames=frames, fps=float(fps), max_frames=self.options.max_video_frames)
+
+    def _frames_list(self, frames: list, part: dict, base_dir: str | None) -> dict:
+        """A video given as its frames: each frame checked and stored as an image, all of one size."""
+        options = self.options
+        if not frames:
+            raise RowError("video given as frames has no frames")
+        if len(frames) > options.max_video_frames:
+            raise RowError(
+                f"video given as frames has {len(frames)} frames, over the limit of {options.max_video_frames}"
+            )
+        stored, sizes = [], []
+        for i, frame in enumerate(frames):
+            label = f"frame {i} of a video given as frames"
+            if isinstance(frame, np.ndarray):
+                if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+                    raise RowError(f"{label} must be a uint8 array [H, W, 3], got {frame.dtype} {frame.shape}")
+                frame = Image.fromarray(frame)
+            if isinstance(frame, Image.Image):
+                sizes.append(frame.size)
+                stored.append({"bytes": prepare_pil_image(frame, label, options.resize, options.max_image_pixels),
+                               "path": None})
+                continue
+            source = self.read_encoded("image", frame, base_dir, "image")
+            sizes.append(_encoded_size(source.data, source.label))
+            data = prepare_image(source.data, source.label, options.resize, options.max_image_pixels)
+            stored.append({"bytes": data, "path": source.name})
+        if len(set(sizes)) > 1:
+            listed = ", ".join(f"{w}x{h}" for w, h in dict.fromkeys(sizes))
+            raise RowError(f"video given as frames has frames of different sizes ({listed}); all must be one size")
+        fps = self._sampling(part).fps
+        return {
+            "frames": stored,
+            "timestamps": [i / fps for i in range(len(stored))],
+            "fps": None,
+            "total_frames": len(stored),
+        }
 
     def read_encoded(self, key: str, value, base_dir: str | None, kind: str) -> EncodedMedia:
         """Fetches the encoded bytes behind one payload (`payload_of`) of a part of `kind`.
@@ -176,6 +267,15 @@ def _decode_base64(text: str, kind: str) -> bytes:
         return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise RowError(f"invalid base64 {kind} data: {exc}") from exc
+
+
+def _encoded_size(data: bytes, label: str) -> tuple[int, int]:
+    """The width and height an encoded image's header states."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception as exc:  # any Pillow failure here is a bad image, which prepare_image names
+        raise RowError(f"cannot decode image {label}: {exc or type(exc).__name__}") from exc
 
 
 def _is_http(text: str) -> bool:

@@ -78,6 +78,11 @@ class MediaOptions:
         max_image_pixels: an image with more pixels than this is refused before its pixels are decoded.
         cache_dir: where downloads are kept for the rest of the run, so a URL used by many rows is fetched once;
             None keeps them in memory only.
+        video_frames: take this many frames uniformly over each video; None to sample by `video_fps`.
+        video_fps: take this many frames per second of each video (also the rate a video given as its frames
+            is timed at).
+        max_video_frames: never take more frames than this from one video.
+        max_video_seconds: a video longer than this is refused from its header, before decoding.
     """
 
     resize: Resize | None = None
@@ -91,3 +96,7 @@ class MediaOptions:
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     cache_dir: str | None = None
+    video_frames: int | None = None
+    video_fps: float = 2.0
+    max_video_frames: int = 64
+    max_video_seconds: float = 600.0

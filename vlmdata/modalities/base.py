@@ -26,6 +26,8 @@ class Modality(ABC):
         label: how inspect names the stored items, e.g. "images" or "audio clips".
         pictures: the stored items are encoded pictures ({bytes, path}): inspect reads their sizes from the
             file headers and shows them as thumbnails.
+        option_keys: the keys of a content part that set how its own media is loaded (a video's "num_frames");
+            they travel with its payload, also when the payload comes from the row's column.
     """
 
     kind: str
@@ -36,6 +38,7 @@ class Modality(ABC):
     item: str
     label: str
     pictures: bool = False
+    option_keys: tuple[str, ...] = ()
 
     @property
     def payload_keys(self) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ import datasets
 
 from vlmdata.errors import RowError
 from vlmdata.media import MediaLoader
+from vlmdata.media.loader import VIDEO_OPTION_KEYS
 from vlmdata.modalities.base import Modality
 
 
@@ -30,6 +31,7 @@ class VideoModality(Modality):
     feature = video_feature(datasets.Image())
     item = "video"
     label = "videos"
+    option_keys = VIDEO_OPTION_KEYS
 
     @property
     def undecoded_feature(self) -> dict[str, Any]:

@@ -46,6 +46,10 @@ CONVERT_DEFAULTS: dict[str, Any] = {
     "block_private_urls": _MEDIA.block_private_urls,
     "max_file_bytes": _MEDIA.max_file_bytes,
     "max_image_pixels": _MEDIA.max_image_pixels,
+    "video_frames": _MEDIA.video_frames,
+    "video_fps": _MEDIA.video_fps,
+    "max_video_frames": _MEDIA.max_video_frames,
+    "max_video_seconds": _MEDIA.max_video_seconds,
     "num_proc": 1,
     "strict": False,
     "overwrite": False,
@@ -134,6 +138,10 @@ def convert_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
         block_private_urls=options["block_private_urls"],
         max_file_bytes=options["max_file_bytes"],
         max_image_pixels=options["max_image_pixels"],
+        video_frames=options["video_frames"],
+        video_fps=options["video_fps"],
+        max_video_frames=options["max_video_frames"],
+        max_video_seconds=options["max_video_seconds"],
     )
     reader_options = ReaderOptions(
         split=options["split"],
