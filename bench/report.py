@@ -28,12 +28,13 @@ GROUPS = [
     ("4", lambda key: key.startswith("memory.")),
     ("5", lambda key: key.startswith("storage.")),
     ("6", lambda key: key.startswith("collate.")),
+    ("7", lambda key: key.startswith("video.")),
 ]
 STUBS = [
-    ("7", Figure("gpu", "GPU figures (training step time, GPU idle time waiting on data)",
+    ("8", Figure("gpu", "GPU figures (training step time, GPU idle time waiting on data)",
                  "not measured: no GPU on this machine")),
 ]
-RESULT_FILES = ["tokenize", "convert", "memory", "storage", "collate", "profile"]
+RESULT_FILES = ["tokenize", "convert", "memory", "storage", "collate", "video", "profile"]
 
 
 def met_text(figure: Figure) -> str:

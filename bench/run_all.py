@@ -38,6 +38,7 @@ PRESETS = {
         "profile_stages": ["--convert-rows", "100", "--tokenize-rows", "32"],
         "bench_storage": ["--rows", "16", "--check-rows", "4"],
         "bench_collate": ["--rows", "32", "--batch-size", "8", "--repeats", "3"],
+        "bench_video": ["--rows", "8", "--seconds", "10", "--repeats", "3"],
     },
     "full": {
         "make_workload": ["--rows", "20000"],
@@ -48,6 +49,7 @@ PRESETS = {
         "profile_stages": ["--convert-rows", "400", "--tokenize-rows", "64"],
         "bench_storage": ["--rows", "64", "--check-rows", "16"],
         "bench_collate": ["--rows", "128", "--batch-size", "8", "--repeats", "5"],
+        "bench_video": ["--rows", "32", "--seconds", "20", "--repeats", "5"],
     },
     "smoke": {
         "make_workload": ["--rows", "20"],
@@ -57,10 +59,12 @@ PRESETS = {
         "profile_stages": ["--convert-rows", "8", "--tokenize-rows", "4"],
         "bench_storage": ["--rows", "4", "--check-rows", "2"],
         "bench_collate": ["--rows", "4", "--batch-size", "2", "--repeats", "1"],
+        "bench_video": ["--rows", "1", "--seconds", "2", "--repeats", "1"],
     },
 }
 # Scripts whose results go into the report, in running order (storage last: it reads the newest shards).
-SCRIPTS = ["bench_tokenize", "bench_convert", "bench_memory", "profile_stages", "bench_collate", "bench_storage"]
+SCRIPTS = ["bench_tokenize", "bench_convert", "bench_memory", "profile_stages", "bench_collate", "bench_video",
+           "bench_storage"]
 
 
 def run_script(name: str, arguments: list[str], results: Path) -> str | None:

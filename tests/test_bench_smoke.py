@@ -100,6 +100,18 @@ def test_bench_storage_checks_exactness(tmp_path):
     assert details["gemma3"]["float32_pixel_bytes"] > 0
 
 
+def test_bench_video_checks_exactness(tmp_path):
+    from bench import bench_video
+
+    assert bench_video.main(["--rows", "1", "--seconds", "2", "--repeats", "1", "--json", str(tmp_path / "video.json")]) == 0
+    figures, details = read(tmp_path / "video.json")
+    assert [figure["key"] for figure in figures] == [
+        "video.decode.seek", "video.decode.sparse", "video.convert.seek", "video.storage.qwen2_vl", "video.storage.qwen2_5_vl"]
+    for family in ("qwen2_vl", "qwen2_5_vl"):
+        assert details[family]["exact"], details[family]["problems"]
+        assert details[family]["float32_pixel_bytes"] > 0
+
+
 def test_bench_collate(tmp_path):
     from bench import bench_collate
 
