@@ -19,6 +19,8 @@ from transformers.video_utils import VideoMetadata
 
 from tests.tokenize_fixtures import tiny_model
 from vlmdata.cli import cli
+from vlmdata.errors import RowError
+from vlmdata.modalities.video import METADATA_KEY, VIDEO
 from vlmdata.models.loading import load_processor
 from vlmdata.models.registry import load_template
 from vlmdata.processor_call import PLAIN_CALL
@@ -255,3 +257,30 @@ def test_one_train_step_on_video_shards_runs(video_shards, tmp_path):
     assert result.exit_code == 0, result.output
     losses = [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
     assert losses and all(np.isfinite(losses))
+
+
+def test_the_video_part_carries_the_frames_and_their_metadata():
+    frames = [png(frame) for frame in moving_frames(3)]
+    part = VIDEO.processor_part({"frames": frames, "timestamps": [0.0, 0.5, 1.0], "fps": 30.0, "total_frames": 45}, 0, None)
+    assert part["video"].shape == (3, 42, 56, 3) and part["video"].dtype == np.uint8
+    assert np.array_equal(part["video"][1], np.asarray(moving_frames(3)[1]))
+    metadata = part[METADATA_KEY]
+    assert (metadata.fps, metadata.frames_indices, metadata.total_num_frames) == (30.0, [0, 15, 30], 45)
+    assert (metadata.width, metadata.height) == (56, 42)
+    # A video given as frames has the rate of its timestamps; a single frame, the default rate.
+    listed = VIDEO.processor_part({"frames": frames, "timestamps": [0.0, 0.25, 0.5], "fps": None, "total_frames": 3}, 0, None)
+    assert (listed[METADATA_KEY].fps, listed[METADATA_KEY].frames_indices) == (4.0, [0, 1, 2])
+    single = VIDEO.processor_part({"frames": frames[:1], "timestamps": [0.0], "fps": None, "total_frames": 1}, 0, None)
+    assert single[METADATA_KEY].fps == 2.0
+    with pytest.raises(RowError, match="video 2 frame 0: cannot decode"):
+        VIDEO.processor_part({"frames": [{"bytes": b"not a png", "path": None}], "timestamps": [0.0], "fps": 1.0,
+                              "total_frames": 1}, 2, None)
+
+
+def test_video_as_images_leaves_videos_to_a_family_that_takes_them(video_data, tmp_path):
+    plain, as_images = tmp_path / "plain", tmp_path / "as-images"
+    tokenize(video_data, plain, model=str(tiny_model("qwen2_vl")), progress=False)
+    tokenize(video_data, as_images, model=str(tiny_model("qwen2_vl")), video_as_images=True, progress=False)
+    for first, second in zip(load_shards(plain), load_shards(as_images)):
+        assert np.array_equal(first["input_ids"], second["input_ids"])
+        assert np.array_equal(first["pixel_values_videos"], second["pixel_values_videos"])
