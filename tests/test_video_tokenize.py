@@ -27,7 +27,7 @@ from vlmdata.processor_call import PLAIN_CALL
 from vlmdata.schema import NORMALISED_FEATURES
 from vlmdata.shards import load_shards, model_inputs, read_layout
 from vlmdata.tokenize import tokenize
-from vlmdata.train.collator import ShardCollator
+from vlmdata.train.collator import PixelDecoding, ShardCollator
 
 QWEN = ["qwen2_vl", "qwen2_5_vl"]
 FPS = 10.0
@@ -247,7 +247,15 @@ def test_forward_on_collated_video_shards_equals_the_processor_batch(alias, vide
     assert batch["video_grid_thw"].shape[0] == len(rows)
     assert batch["pixel_values_videos"].shape[0] == int(batch["video_grid_thw"].prod(dim=1).sum())
     with torch.no_grad():
-        assert torch.isfinite(model(**{k: v for k, v in batch.items() if k != "labels"}).logits).all()
+        decoded = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    # Training's path: the video codes reach the model as uint8 and its pre-hook decodes them, to the same logits.
+    codes = ShardCollator(read_layout(out), pad_token_id=0, decode_pixels=False)(list(rows.values()))
+    assert codes["pixel_values_videos"].dtype == torch.uint8
+    hook = model.register_forward_pre_hook(PixelDecoding(read_layout(out)), with_kwargs=True)
+    with torch.no_grad():
+        hooked = model(**{k: v for k, v in codes.items() if k != "labels"}).logits
+    hook.remove()
+    assert torch.isfinite(decoded).all() and torch.equal(hooked, decoded)
 
 
 def test_one_train_step_on_video_shards_runs(video_shards, tmp_path):
