@@ -82,7 +82,8 @@ def test_one_kind_takes_bare_addresses_and_every_family_names_known_kinds():
     for family in FAMILIES.values():
         assert "image" in family.modalities and set(family.modalities) <= set(KINDS), family.alias
     assert [m.kind for m in MODALITIES if m.taken_by(FAMILIES["gemma3n"])] == ["image", "audio"]
-    assert [m.kind for m in MODALITIES if m.taken_by(FAMILIES["qwen2_vl"])] == ["image"]
+    assert [m.kind for m in MODALITIES if m.taken_by(FAMILIES["qwen2_vl"])] == ["image", "video"]
+    assert [m.kind for m in MODALITIES if m.taken_by(FAMILIES["llava"])] == ["image"]
 
 
 def test_load_media_loads_every_kind_in_reading_order(root):

@@ -16,7 +16,7 @@ from tests.tokenize_fixtures import FAMILIES, tiny_model
 from vlmdata.convert import convert
 from vlmdata.errors import RowError
 from vlmdata.models.loading import load_processor
-from vlmdata.models.registry import load_template
+from vlmdata.models.registry import get_family, load_template
 from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
 from vlmdata.shards import load_shards, model_inputs, read_layout
 from vlmdata.tokenize import tokenize
@@ -69,7 +69,10 @@ def test_every_family_gets_its_quick_call_and_the_same_tensors(photos_dir, tmp_p
         call = json.loads((out / "vlmdata.json").read_text())["processor_call"]
         assert call["return_tensors"] == ("np" if alias in STACKS_IMAGES_OTHERWISE else None), (alias, call)
         assert call["vectorised_masks"] and call["image_arrays"], alias
-        assert call["pixel_codes"] == ([] if alias in PADS_AFTER_NORMALISING else ["pixel_values"]), alias
+        codes = [] if alias in PADS_AFTER_NORMALISING else ["pixel_values"]
+        if "video" in get_family(alias).modalities:  # video pixels are asked for as codes as well
+            codes.append("pixel_values_videos")
+        assert call["pixel_codes"] == codes, alias
 
         loaded = load_processor(str(tiny_model(alias)))
         template = load_template(loaded.family.template_name)

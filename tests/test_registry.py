@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from transformers import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING, AutoConfig, AutoProcessor
+from transformers.video_utils import VideoMetadata
 
 from tests.tokenize_fixtures import tiny_model
 from vlmdata.errors import FatalError
@@ -54,10 +55,17 @@ def test_model_inputs_are_what_the_processor_returns_and_the_forward_takes(alias
     content = [{"type": "image", "image": image}]
     if "audio" in family.modalities:
         content.append({"type": "audio", "audio": np.zeros(8000, dtype=np.float32)})
+    kwargs = {}
+    if "video" in family.modalities:
+        frames = np.stack([np.asarray(image)] * 3)
+        content.append({"type": "video", "video": frames})
+        metadata = VideoMetadata(total_num_frames=3, fps=2.0, frames_indices=[0, 1, 2], width=64, height=48)
+        kwargs = {"videos_kwargs": {"do_sample_frames": False, "video_metadata": [metadata]}}
     content.append({"type": "text", "text": "What is this?"})
     messages = [{"role": "user", "content": content}, {"role": "assistant", "content": [{"type": "text", "text": "A."}]}]
     outputs = AutoProcessor.from_pretrained(checkpoint).apply_chat_template(
-        messages, chat_template=load_template(family.template_name), tokenize=True, return_dict=True, return_tensors="pt"
+        messages, chat_template=load_template(family.template_name), tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs=kwargs,
     )
     assert set(family.model_inputs) == set(outputs) - {"input_ids", "attention_mask"}
     model_class = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING[type(AutoConfig.from_pretrained(checkpoint))]

@@ -1,7 +1,7 @@
 """Calibrating tokenize for one processor: how to store each tensor, and the quickest call that stores the same.
 
 Before the first row, tokenize runs two made-up conversations (differently sized images, one then two of them,
-and audio where the family takes it) through the processor's plain call. Their outputs show which tensors the
+and audio and videos where the family takes them) through the processor's plain call. Their outputs show which tensors the
 processor returns and how their dimensions vary (`vlmdata.shards.probe_layout`), and they are what every
 quicker `ProcessorCall` must reproduce, bit for bit, to be chosen. The result is a `TokenizePlan`, the same in
 every worker.
@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from vlmdata.errors import FatalError, RowError
+from vlmdata.modalities.video import video_part
 from vlmdata.models.loading import LoadedProcessor
 from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
 from vlmdata.shards import TensorLayout, probe_layout
@@ -42,20 +43,31 @@ def calibrate(loaded: LoadedProcessor, template: str) -> TokenizePlan:
     """
     conversations = probe_conversations(loaded)
     plain = _probe_outputs(loaded, template, conversations)
-    layout = probe_layout(plain, getattr(loaded.processor, "image_processor", None))
+    processor = loaded.processor
+    layout = probe_layout(plain, getattr(processor, "image_processor", None), getattr(processor, "video_processor", None))
     codecs = {spec.name: spec.codec for spec in layout.tensors if spec.codec is not None}
     return TokenizePlan(layout, quickest_call(loaded.processor, template, conversations, plain, codecs))
 
 
 def probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
-    """Two made-up conversations with differently sized images (and audio), to find the layout."""
+    """Two made-up conversations with differently sized images (and audio, and videos), to find the layout.
+
+    Where the family takes videos, the first holds one video and the second two, of odd frame counts whose
+    frames all differ, so that video pixels are found to be stored frame by frame.
+    """
     def drawn(width: int, height: int) -> Image.Image:
         # Stripes through every level in each channel: the checks on pixels see all 256 values.
         levels = np.add.outer(np.arange(height) * 3, np.arange(width) * 5) % 256
         return Image.fromarray(np.stack([levels, levels[::-1], 255 - levels], axis=-1).astype(np.uint8))
 
-    def row(images: list[Image.Image], audio_seconds: float | None) -> list[dict]:
-        content = [{"type": "image", "image": image} for image in images]
+    def moving(frames: int, width: int, height: int) -> dict:
+        # The stripes shifted by a few levels each frame: no two frames are the same.
+        base = np.asarray(drawn(width, height), dtype=np.int64)
+        video = np.stack([(base + 7 * frame) % 256 for frame in range(frames)]).astype(np.uint8)
+        return video_part(video, [frame / 2.0 for frame in range(frames)], 2.0, frames)
+
+    def row(images: list[Image.Image], audio_seconds: float | None, videos: list[dict]) -> list[dict]:
+        content = [{"type": "image", "image": image} for image in images] + videos
         if audio_seconds is not None:
             content.append({"type": "audio", "audio": np.zeros(int(16000 * audio_seconds), dtype=np.float32)})
         content.append({"type": "text", "text": "What is this?"})
@@ -63,7 +75,12 @@ def probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
         return [{"role": "user", "content": content}, {"role": "assistant", "content": reply}]
 
     with_audio = "audio" in loaded.family.modalities
-    return [row([drawn(64, 48)], 0.5 if with_audio else None), row([drawn(140, 50), drawn(30, 90)], 1.0 if with_audio else None)]
+    with_video = "video" in loaded.family.modalities
+    return [
+        row([drawn(64, 48)], 0.5 if with_audio else None, [moving(3, 56, 42)] if with_video else []),
+        row([drawn(140, 50), drawn(30, 90)], 1.0 if with_audio else None,
+            [moving(5, 84, 56), moving(3, 42, 70)] if with_video else []),
+    ]
 
 
 def _probe_outputs(loaded: LoadedProcessor, template: str, conversations: list[list[dict]]) -> list[dict]:

@@ -219,6 +219,13 @@ def convert(**options) -> None:
     "gives the same shards on any day.",
 )
 @click.option(
+    "--video-as-images",
+    is_flag=True,
+    default=TOKENIZE_DEFAULTS["video_as_images"],
+    help="For a model family that takes images but no video: hand each video as its frames, one image each "
+    "(otherwise such rows are rejected).",
+)
+@click.option(
     "--train-on",
     default=TOKENIZE_DEFAULTS["train_on"],
     type=click.Choice(TRAIN_ON),

@@ -260,7 +260,7 @@ class PixelStorage:
 
     @classmethod
     def find(
-        cls, image_processor, samples: list[np.ndarray], tail: tuple[int, ...], dtype: str
+        cls, image_processor, samples: list[np.ndarray], tail: tuple[int, ...], dtype: str, fold: bool = True
     ) -> "PixelStorage | None":
         """The storage that reproduces every probe sample exactly, or None when the processor allows none.
 
@@ -269,11 +269,14 @@ class PixelStorage:
             samples: the pixel tensors of the probe rows, as float32.
             tail: the fixed dimensions after the first, `()` when they vary.
             dtype: the torch dtype the processor returns them in.
+            fold: store one of repeated frames where every sample repeats them; False for videos, whose frames
+                differ (a still video would otherwise fold and every moving one fall back to float32).
         """
         codec = PixelCodec.find(image_processor, samples)
         if codec is None:
             return None
-        return cls(codec=codec, dtype=dtype, **_repeated_frames(image_processor, codec, tail, samples))
+        folding = _repeated_frames(image_processor, codec, tail, samples) if fold else {}
+        return cls(codec=codec, dtype=dtype, **folding)
 
     @property
     def folded(self) -> bool:

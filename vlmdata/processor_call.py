@@ -10,6 +10,8 @@ spends much of its time on work that changes nothing in what is stored (bench/no
   turns back into uint8 codes; asking it not to rescale or normalise hands over the codes directly.
 - handed a PIL image, the processor converts it to RGB and then to an array, two copies of every pixel; RGB
   images handed over as arrays skip both (`prepare` makes them on tokenize's decoding thread).
+- video pixels are asked for as uint8 codes the same way, through `videos_kwargs`, where the frames' metadata
+  (carried by each video part, see `vlmdata.modalities.video.video_part`) goes as well.
 - even on numpy arrays, the assistant mask is found by a Python loop over every token for every reply;
   `_assistant_masks` computes the same masks with one vectorised comparison per reply.
 
@@ -27,7 +29,9 @@ import torch
 from PIL import Image
 
 from vlmdata.errors import RowError
+from vlmdata.modalities.video import METADATA_KEY
 from vlmdata.models.registry import DEFAULT_TEMPLATE_DATE
+from vlmdata.tensor_spec import VIDEO_PIXELS
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ class ProcessorCall:
         Raises:
             RowError: the processor or the template failed on this conversation.
         """
-        messages = self.prepare(messages)
+        messages, video_metadata = _video_metadata(self.prepare(messages))
         if self.vectorised_masks:  # on this processor object only, for this call only
             processor._adjust_assistant_masks_indices = functools.partial(_assistant_masks, processor)
         try:
@@ -75,7 +79,7 @@ class ProcessorCall:
                 return_dict=True,
                 return_assistant_tokens_mask=True,
                 return_tensors=self.return_tensors,
-                processor_kwargs=self._processor_kwargs(),
+                processor_kwargs=self._processor_kwargs(processor, video_metadata),
                 # Only to a template that reads it: transformers hands any other keyword to the processor.
                 **({"date_string": date} if "date_string" in template else {}),
             )
@@ -92,15 +96,44 @@ class ProcessorCall:
                 raise RowError(f"the processor returned {name} as {outputs[name].dtype}, not as unnormalised uint8 pixels")
         return outputs
 
-    def _processor_kwargs(self) -> dict:
+    def _processor_kwargs(self, processor, video_metadata: list) -> dict:
         # A new dict on every call: transformers adds its own keys to the one it is given.
-        images = {"do_rescale": False, "do_normalize": False} if self.pixel_codes else {}
+        kwargs = {}
+        images = {"do_rescale": False, "do_normalize": False} if set(self.pixel_codes) - {VIDEO_PIXELS} else {}
         if self.image_arrays:  # never guessed from the shape: a 3-pixel-high image would look channels-first
             images["input_data_format"] = "channels_last"
-        return {"images_kwargs": images} if images else {}
+        if images:
+            kwargs["images_kwargs"] = images
+        if video_metadata:
+            # The frames were sampled once, in convert: the processor takes them as they are, at their times.
+            videos = {"do_sample_frames": False, "video_metadata": video_metadata}
+            if VIDEO_PIXELS in self.pixel_codes:
+                videos.update(do_rescale=False, do_normalize=False)
+            if hasattr(getattr(processor, "video_processor", None), "cap_pixels_per_frame"):
+                # The processor's behaviour when not told, said explicitly: it warns on every call otherwise.
+                videos["cap_pixels_per_frame"] = False
+            kwargs["videos_kwargs"] = videos
+        return kwargs
 
 
 PLAIN_CALL = ProcessorCall()
+
+
+def _video_metadata(messages: list[dict]) -> tuple[list[dict], list]:
+    """The messages without the metadata their video parts carry, and that metadata in the videos' order."""
+    metadata = []
+    if not any(part.get(METADATA_KEY) is not None for message in messages for part in message["content"]):
+        return messages, metadata
+    stripped = []
+    for message in messages:
+        content = []
+        for part in message["content"]:
+            if METADATA_KEY in part:
+                metadata.append(part[METADATA_KEY])
+                part = {key: value for key, value in part.items() if key != METADATA_KEY}
+            content.append(part)
+        stripped.append({**message, "content": content})
+    return stripped, metadata
 
 
 def _as_array(part: dict) -> dict:

@@ -20,8 +20,8 @@ Storage. Numbers are stored as typed Arrow arrays, never Python lists, never flo
   zeros go to `<name>_zeros`. Pixels of a processor without such a table, and other floats (audio
   features), are stored as float32, exactly what the processor computes. Qwen2-VL's pixels repeat each
   still image `temporal_patch_size` times inside every patch: when the probe rows do, each patch keeps one
-  frame (half the bytes), and a row whose frames differ (a video) keeps its full pixels as float32 in
-  `<name>_float`. Integers are stored as int32 (checked to fit) and rebuilt with the processor's dtype.
+  frame (half the bytes). Their videos (`pixel_values_videos`), whose frames all differ, have their own
+  unfolded storage: uint8 codes with each frame once. Integers are stored as int32 (checked to fit) and rebuilt with the processor's dtype.
 A row without some tensor (a text-only row has no pixels) stores it empty (first dimension 0, or an empty
 shape) and the reader leaves it out, as the processor does.
 

@@ -30,6 +30,8 @@ from vlmdata.pixels import PixelCodec, PixelStorage
 NOT_STORED = ("attention_mask", "assistant_masks")
 ARRAY_TYPES = {2: datasets.Array2D, 3: datasets.Array3D, 4: datasets.Array4D, 5: datasets.Array5D}
 FLOAT_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16", "torch.float64")
+# The processor's name for video pixels: each frame differs, so they are never folded like still images'.
+VIDEO_PIXELS = "pixel_values_videos"
 # Tensors whose family's processor pads them its own way.
 FAMILY_PADDING = {"aspect_ratio_mask": Padding.FIRST_TILE}
 
@@ -181,7 +183,7 @@ class TensorLayout:
         }
 
 
-def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None) -> TensorLayout:
+def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None, video_processor=None) -> TensorLayout:
     """Finds how to store each tensor from the processor's outputs for a few different rows.
 
     Args:
@@ -189,6 +191,8 @@ def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None) -
             images (and numbers of images), so that dimensions that vary show up as varying.
         image_processor: the processor's image processor, whose rescale/normalise table lets pixel values
             be stored as uint8 codes; without it they are stored as float32.
+        video_processor: the processor's video processor, whose table makes the codes of `pixel_values_videos`
+            (stored frame by frame: a video's frames differ, so there is no repeated frame to fold).
     """
     names = sorted({name for output in outputs for name in output if name not in NOT_STORED and name != "input_ids"})
     specs = []
@@ -209,9 +213,11 @@ def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None) -
         else:
             storage, tail = Storage.FLAT, ()
         pixels = None
-        if name.startswith("pixel_values") and dtype.is_floating_point and image_processor is not None:
+        video = name == VIDEO_PIXELS
+        pixel_processor = (video_processor or image_processor) if video else image_processor
+        if name.startswith("pixel_values") and dtype.is_floating_point and pixel_processor is not None:
             samples = [output[name].float().numpy() for output in present]
-            pixels = PixelStorage.find(image_processor, samples, tail, str(dtype))
+            pixels = PixelStorage.find(pixel_processor, samples, tail, str(dtype), fold=not video)
             stored_dtype = "uint8" if pixels else stored_dtype
         specs.append(TensorSpec(
             name=name,

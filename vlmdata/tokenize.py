@@ -55,6 +55,8 @@ class TokenizeOptions:
     max_length: int | None = None
     truncate: str = "none"
     template_date: str = DEFAULT_TEMPLATE_DATE
+    # For a family that takes images but no video: each video handed as its frames, one image part each.
+    video_as_images: bool = False
 
 
 @dataclass
@@ -98,6 +100,7 @@ def tokenize(
     max_length: int | None = None,
     truncate: str = "none",
     template_date: str = DEFAULT_TEMPLATE_DATE,
+    video_as_images: bool = False,
     num_proc: int = 1,
     strict: bool = False,
     overwrite: bool = False,
@@ -114,6 +117,8 @@ def tokenize(
         max_length: rows longer than this are rejected, or cut with `truncate="text"`.
         truncate: "none", or "text" to drop trailing text of long rows (never their media tokens).
         template_date: the date templates that write today's date write, so that shards do not depend on the day.
+        video_as_images: for a family that takes images but no video, hand each video as its frames, one image
+            part each, instead of rejecting the row; a family that takes videos is given videos all the same.
         num_proc: worker processes; the shards are the same for any value.
         strict: stop at the first bad row instead of recording it.
         overwrite: replace `out_dir` if it exists.
@@ -137,7 +142,7 @@ def tokenize(
             f"The chat template {template_name!r} has no {{% generation %}} markers around the assistant replies, "
             "so the trained tokens cannot be found; use a packaged template or add the markers."
         )
-    options = TokenizeOptions(loaded.checkpoint, template, train_on, max_length, truncate, template_date)
+    options = TokenizeOptions(loaded.checkpoint, template, train_on, max_length, truncate, template_date, video_as_images)
     stage = TokenizeStage(str(data_dir), dataset, model, loaded, template_name, options, calibrate(loaded, template))
     return run_stage(stage, out_dir, LocalExecutor(num_proc), strict=strict, overwrite=overwrite, progress=progress)
 
@@ -181,6 +186,7 @@ class TokenizeStage(Stage[TokenizeSummary]):
             "train_on": self.options.train_on,
             "max_length": self.options.max_length,
             "truncate": self.options.truncate,
+            **({"video_as_images": True} if self.options.video_as_images else {}),
             **executor.describe(),
         }
         return {
@@ -215,7 +221,8 @@ class TokenizeWorker(BatchWorker[dict, LoadedProcessor]):
 
     def process(self, batch: list[dict], loaded: LoadedProcessor) -> list[WrittenRow | Reject]:
         # The next row's images are decoded on another core (Pillow decodes outside the GIL) while this row is tokenized.
-        decode = functools.partial(_decoded_messages, loaded=loaded, call=self.call)
+        decode = functools.partial(_decoded_messages, loaded=loaded, call=self.call,
+                                   video_as_images=self.options.video_as_images)
         return [self._row(row, decoding, loaded) for row, decoding in computed_ahead(decode, batch)]
 
     def _row(self, row: dict[str, Any] | RawRow, decoding: Future, loaded: LoadedProcessor) -> WrittenRow | Reject:
@@ -257,10 +264,12 @@ def _as_rows(columns: dict[str, list]) -> list[dict]:
     return [dict(zip(names, values)) for values in zip(*columns.values())]
 
 
-def _decoded_messages(row: dict[str, Any] | RawRow, loaded: LoadedProcessor, call: ProcessorCall) -> tuple[list[dict], dict] | None:
+def _decoded_messages(
+    row: dict[str, Any] | RawRow, loaded: LoadedProcessor, call: ProcessorCall, video_as_images: bool = False
+) -> tuple[list[dict], dict] | None:
     if isinstance(row, RawRow):
         return None
-    messages, counts = processor_messages(row, loaded.family, loaded.processor)
+    messages, counts = processor_messages(row, loaded.family, loaded.processor, video_as_images)
     return call.prepare(messages), counts
 
 

@@ -89,7 +89,9 @@ def media_counts(record: dict[str, Any]) -> dict[str, int]:
     return {modality.column: len(record.get(modality.column) or []) for modality in MODALITIES}
 
 
-def processor_messages(row: dict[str, Any], family, processor) -> tuple[list[dict], dict[str, int]]:
+def processor_messages(
+    row: dict[str, Any], family, processor, video_as_images: bool = False
+) -> tuple[list[dict], dict[str, int]]:
     """A normalised row's messages in the processor's format, each media part holding its stored item.
 
     Args:
@@ -97,6 +99,8 @@ def processor_messages(row: dict[str, Any], family, processor) -> tuple[list[dic
             `undecoded_feature` (images as {bytes, path}); columns it lacks count as empty.
         family: the model family (`vlmdata.models.registry.Family`): parts of a kind it does not take are refused.
         processor: the `transformers` processor the messages are for.
+        video_as_images: for a family that takes images but no video, hand each video as its frames, one image
+            part each, in order; a family that takes videos is given them as videos all the same.
 
     Returns:
         The messages, and the number of items used, by column: ``{"images": 1, "audios": 0}``.
@@ -112,7 +116,10 @@ def processor_messages(row: dict[str, Any], family, processor) -> tuple[list[dic
         content = []
         for part in message["content"]:
             kind = part["type"]
-            if kind in KINDS:
+            if kind == VIDEO.kind and video_as_images and not VIDEO.taken_by(family) and IMAGE.taken_by(family):
+                content += _video_frames(stored[kind], used[kind])
+                used[kind] += 1
+            elif kind in KINDS:
                 content.append(_processor_part(_BY_KIND[kind], stored[kind], used[kind], family, processor))
                 used[kind] += 1
             else:
@@ -130,7 +137,14 @@ def _processor_part(modality: Modality, stored: list, position: int, family, pro
     kind = modality.kind
     if not modality.taken_by(family):
         article = "an" if kind[0] in "aeiou" else "a"
-        raise RowError(f"{article} {kind} part, but this model family takes no {kind}")
+        hint = " (--video-as-images hands its frames as images)" if kind == VIDEO.kind and IMAGE.taken_by(family) else ""
+        raise RowError(f"{article} {kind} part, but this model family takes no {kind}{hint}")
     if position >= len(stored):
         raise RowError(f"{kind} part {position} has no {modality.item} in the {modality.column} column")
     return modality.processor_part(stored[position], position, processor)
+
+
+def _video_frames(stored: list, position: int) -> list[dict[str, Any]]:
+    if position >= len(stored):
+        raise RowError(f"video part {position} has no video in the videos column")
+    return VIDEO.image_parts(stored[position], position)

@@ -32,7 +32,7 @@ class Family:
         default_checkpoint: The hub id `--model ALIAS` loads.
         template_name: The packaged chat template (`vlmdata/models/templates/<name>.jinja`).
         modalities: The kinds of media the family takes besides text, as `vlmdata.modalities` names them
-            ("image", "audio"); tokenize refuses a row with parts of any other kind.
+            ("image", "video", "audio"); tokenize refuses a row with parts of any other kind.
         model_types: The `model_type` values of `config.json` that mean this family.
         media_tokens: Every token the processor writes for a media item (placeholders, the runs they expand
             into, and their delimiters). Their labels are always -100: the model never predicts them.
@@ -85,19 +85,22 @@ _FAMILIES = (
         alias="qwen2_vl",
         default_checkpoint="Qwen/Qwen2-VL-7B-Instruct",
         template_name="qwen2_vl",
-        modalities=("image",),
+        modalities=("image", "video"),
         model_types=("qwen2_vl",),
         media_tokens=QWEN2_VL_MEDIA_TOKENS,
-        model_inputs=("pixel_values", "image_grid_thw", "mm_token_type_ids"),
+        model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
     ),
     Family(
         alias="qwen2_5_vl",
         default_checkpoint="Qwen/Qwen2.5-VL-7B-Instruct",
         template_name="qwen2_vl",
-        modalities=("image",),
+        modalities=("image", "video"),
         model_types=("qwen2_5_vl",),
         media_tokens=QWEN2_VL_MEDIA_TOKENS,
-        model_inputs=("pixel_values", "image_grid_thw", "mm_token_type_ids"),
+        model_inputs=(
+            "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts",
+            "mm_token_type_ids",
+        ),
     ),
     Family(
         alias="llava",

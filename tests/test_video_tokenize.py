@@ -1,0 +1,294 @@
+"""Videos through tokenize and train: Qwen2-VL and Qwen2.5-VL shards hold each frame once as uint8 codes and
+rebuild the processor's own tensors bit for bit; families without video refuse them or take their frames as
+images; a forward pass on collated video shards equals the one on the processor's batch."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image, ImageDraw
+from transformers import AutoModelForImageTextToText
+from transformers.video_utils import VideoMetadata
+
+from tests.tokenize_fixtures import tiny_model
+from vlmdata.cli import cli
+from vlmdata.errors import RowError
+from vlmdata.modalities.video import METADATA_KEY, VIDEO
+from vlmdata.models.loading import load_processor
+from vlmdata.models.registry import load_template
+from vlmdata.processor_call import PLAIN_CALL
+from vlmdata.schema import NORMALISED_FEATURES
+from vlmdata.shards import load_shards, model_inputs, read_layout
+from vlmdata.tokenize import tokenize
+from vlmdata.train.collator import PixelDecoding, ShardCollator
+
+QWEN = ["qwen2_vl", "qwen2_5_vl"]
+FPS = 10.0
+
+
+def moving_frames(count: int, width: int = 56, height: int = 42, colour=(200, 30, 30)) -> list[Image.Image]:
+    """A square sliding right and a circle sliding down: every frame differs."""
+    frames = []
+    for index in range(count):
+        image = Image.new("RGB", (width, height), (245, 245, 240))
+        draw = ImageDraw.Draw(image)
+        draw.rectangle([2 + 3 * index, 4, 14 + 3 * index, 16], fill=colour)
+        draw.ellipse([width - 20, 2 + 2 * index, width - 6, 16 + 2 * index], fill=(20, 40, 200))
+        frames.append(image)
+    return frames
+
+
+def png(image: Image.Image) -> dict:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def stored_video(frames: list[Image.Image], fps: float | None = FPS) -> dict:
+    step = 1.0 / (fps or 2.0)
+    return {"frames": frames, "timestamps": [index * step for index in range(len(frames))], "fps": fps,
+            "total_frames": 20}
+
+
+def text(value: str) -> dict:
+    return {"type": "text", "text": value}
+
+
+VIDEO_PART = {"type": "video", "text": None}
+IMAGE_PART = {"type": "image", "text": None}
+
+
+def video_rows() -> list[dict]:
+    """Normalised rows with videos: an even and an odd frame count, a frames list, and an image with a video."""
+    def row(row_id, content, images=(), videos=()):
+        messages = [{"role": "user", "content": content},
+                    {"role": "assistant", "content": [text("A square moves right.")]}]
+        return {"messages": messages, "images": list(images), "videos": list(videos), "audios": [], "id": row_id,
+                "source": "made"}
+
+    still = Image.new("RGB", (64, 48), (30, 160, 40))
+    return [
+        row("four-frames", [VIDEO_PART, text("What moves?")], videos=[stored_video(moving_frames(4))]),
+        row("odd-frames", [VIDEO_PART, text("What moves?")], videos=[stored_video(moving_frames(5, 84, 56))]),
+        row("frames-list", [VIDEO_PART, text("And here?")], videos=[stored_video(moving_frames(3), fps=None)]),
+        row("image-and-video", [IMAGE_PART, VIDEO_PART, text("Compare them.")], images=[still],
+            videos=[stored_video(moving_frames(3, 42, 70, (10, 120, 10)))]),
+    ]
+
+
+@pytest.fixture(scope="module")
+def video_data(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("video") / "normalised"
+    datasets.Dataset.from_list(video_rows(), features=NORMALISED_FEATURES).save_to_disk(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def video_shards(video_data, tmp_path_factory):
+    made = {}
+
+    def make(alias: str) -> Path:
+        if alias not in made:
+            made[alias] = tmp_path_factory.mktemp(f"video-{alias}") / "shards"
+            summary = tokenize(video_data, made[alias], model=str(tiny_model(alias)), progress=False)
+            assert summary.rows_rejected == 0, (made[alias] / "rejects.jsonl").read_text()
+        return made[alias]
+
+    return make
+
+
+def oracle_messages(row: dict) -> list[dict]:
+    """A row in the processor's format built independently of vlmdata: frames as a [T, H, W, 3] array."""
+    images, videos = iter(row["images"]), iter(row["videos"])
+    messages = []
+    for message in row["messages"]:
+        content = []
+        for part in message["content"]:
+            if part["type"] == "image":
+                content.append({"type": "image", "image": next(images)})
+            elif part["type"] == "video":
+                content.append({"type": "video", "video": np.stack([np.asarray(f) for f in next(videos)["frames"]])})
+            else:
+                content.append({"type": "text", "text": part["text"]})
+        messages.append({"role": message["role"], "content": content})
+    return messages
+
+
+def oracle_outputs(processor, row: dict, template: str) -> dict:
+    """The processor's plain call on the row, with the frames' metadata written out here."""
+    metadata = []
+    for video in row["videos"]:
+        fps = video["fps"] or 1.0 / (video["timestamps"][1] - video["timestamps"][0])
+        width, height = video["frames"][0].size
+        metadata.append(VideoMetadata(total_num_frames=video["total_frames"], fps=fps, width=width, height=height,
+                                      frames_indices=[round(t * fps) for t in video["timestamps"]]))
+    kwargs = {"videos_kwargs": {"do_sample_frames": False, "video_metadata": metadata}} if metadata else {}
+    return processor.apply_chat_template(
+        oracle_messages(row), chat_template=template, tokenize=True, return_dict=True,
+        return_assistant_tokens_mask=True, return_tensors="pt", processor_kwargs=kwargs,
+    )
+
+
+@pytest.mark.parametrize("alias", QWEN)
+def test_video_shards_store_codes_and_rebuild_the_processor_output_bit_for_bit(alias, video_data, video_shards):
+    out = video_shards(alias)
+    layout = read_layout(out)
+    specs = {spec.name: spec for spec in layout.tensors}
+    videos = specs["pixel_values_videos"]
+    assert videos.stored_dtype == "uint8" and not videos.pixels.folded and videos.stored_tail == (1176,)
+    assert specs["pixel_values"].pixels.folded  # still images still fold
+    saved = json.loads((out / "vlmdata.json").read_text())
+    assert saved["pixel_storage"]["pixel_values_videos"] == "uint8 codes + rescale/normalise table"
+
+    processor = load_processor(str(tiny_model(alias))).processor
+    template = load_template("qwen2_vl")
+    shards = {row["id"]: row for row in load_shards(out)}
+    for row in datasets.load_from_disk(str(video_data)):
+        stored = shards[row["id"]]
+        expected = oracle_outputs(processor, row, template)
+        patches = expected["pixel_values_videos"].shape[0]
+        assert stored["pixel_values_videos"].dtype == np.uint8
+        assert stored["pixel_values_videos"].shape == (patches, 1176)  # every frame once, nothing in float32
+        assert len(stored["pixel_values_videos_float"]) == 0
+        if alias == "qwen2_5_vl":
+            assert "second_per_grid_ts" in expected
+        rebuilt = model_inputs(stored, layout)
+        assert set(rebuilt) >= set(expected) - {"assistant_masks"}
+        for name, tensor in expected.items():
+            if name == "assistant_masks":
+                continue
+            assert rebuilt[name].dtype == tensor.dtype, (alias, row["id"], name)
+            same = torch.equal(rebuilt[name].view(torch.int32), tensor.view(torch.int32)) if tensor.dtype == torch.float32 \
+                else torch.equal(rebuilt[name], tensor)
+            assert same, (alias, row["id"], name)
+    # The odd frame count is padded to a temporal pair by the processor: 5 frames make 3 grid steps.
+    odd = model_inputs(shards["odd-frames"], layout)
+    assert odd["video_grid_thw"][0, 0].item() == 3
+
+
+def test_video_pad_tokens_are_never_trained_and_truncation_stops_before_them(video_data, tmp_path):
+    loaded = load_processor(str(tiny_model("qwen2_vl")))
+    out = tmp_path / "shards"
+    tokenize(video_data, out, model=str(tiny_model("qwen2_vl")), progress=False)
+    video_pad = loaded.processor.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+    for row in load_shards(out):
+        is_pad = row["input_ids"] == video_pad
+        assert is_pad.any() and np.all(row["labels"][is_pad] == -100)
+    cut = tmp_path / "cut"
+    summary = tokenize(video_data, cut, model=str(tiny_model("qwen2_vl")), max_length=20, truncate="text",
+                       progress=False)
+    assert summary.rows_written == 0
+    reasons = [json.loads(line)["reason"] for line in (cut / "rejects.jsonl").read_text().splitlines()]
+    assert all("the cut would go through media tokens" in reason for reason in reasons)
+
+
+def test_a_family_without_video_names_it_and_takes_frames_as_images_when_asked(video_data, tmp_path):
+    refused = tokenize(video_data, tmp_path / "refused", model=str(tiny_model("llava")), progress=False)
+    assert refused.rows_written == 0
+    reasons = {json.loads(line)["reason"] for line in (tmp_path / "refused" / "rejects.jsonl").read_text().splitlines()}
+    assert reasons == {"a video part, but this model family takes no video (--video-as-images hands its frames as images)"}
+
+    out = tmp_path / "frames"
+    result = CliRunner().invoke(cli, ["tokenize", str(video_data), "-o", str(out), "--model", str(tiny_model("llava")),
+                                      "--video-as-images", "--quiet"])
+    assert result.exit_code == 0, result.output
+    processor = load_processor(str(tiny_model("llava"))).processor
+    template = load_template("llava")
+    shards = {row["id"]: row for row in load_shards(out)}
+    layout = read_layout(out)
+    for row in datasets.load_from_disk(str(video_data)):
+        # The oracle: the same conversation with each video written out as its frames, one image part each.
+        frames_row = {**row, "images": [], "videos": []}
+        images, videos = iter(row["images"]), iter(row["videos"])
+        content = []
+        for part in row["messages"][0]["content"]:
+            if part["type"] == "video":
+                frames = next(videos)["frames"]
+                frames_row["images"] += frames
+                content += [IMAGE_PART] * len(frames)
+            else:
+                if part["type"] == "image":
+                    frames_row["images"].append(next(images))
+                content.append(part)
+        frames_row["messages"] = [{**row["messages"][0], "content": content}, *row["messages"][1:]]
+        expected = oracle_outputs(processor, frames_row, template)
+        rebuilt = model_inputs(shards[row["id"]], layout)
+        assert expected["pixel_values"].shape[0] == len(frames_row["images"])
+        assert torch.equal(rebuilt["input_ids"], expected["input_ids"])
+        assert torch.equal(rebuilt["pixel_values"].view(torch.int32), expected["pixel_values"].view(torch.int32))
+    saved = json.loads((out / "vlmdata.json").read_text())
+    assert saved["arguments"]["video_as_images"] is True
+
+
+@pytest.mark.parametrize("alias", QWEN)
+def test_forward_on_collated_video_shards_equals_the_processor_batch(alias, video_data, video_shards):
+    out = video_shards(alias)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias)).eval()
+    processor = load_processor(str(tiny_model(alias))).processor
+    template = load_template("qwen2_vl")
+    rows = {row["id"]: row for row in load_shards(out)}
+    for row in datasets.load_from_disk(str(video_data)):
+        batch = ShardCollator(read_layout(out), pad_token_id=0)([rows[row["id"]]])
+        expected = oracle_outputs(processor, row, template)
+        expected.pop("assistant_masks")
+        with torch.no_grad():
+            got = model(**{name: value for name, value in batch.items() if name != "labels"}).logits
+            want = model(**expected).logits
+        assert torch.allclose(got, want, atol=1e-5), (alias, row["id"])
+    # Several rows in one batch: the videos' patches and grids concatenate in row order.
+    batch = ShardCollator(read_layout(out), pad_token_id=0)(list(rows.values()))
+    assert batch["video_grid_thw"].shape[0] == len(rows)
+    assert batch["pixel_values_videos"].shape[0] == int(batch["video_grid_thw"].prod(dim=1).sum())
+    with torch.no_grad():
+        decoded = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    # Training's path: the video codes reach the model as uint8 and its pre-hook decodes them, to the same logits.
+    codes = ShardCollator(read_layout(out), pad_token_id=0, decode_pixels=False)(list(rows.values()))
+    assert codes["pixel_values_videos"].dtype == torch.uint8
+    hook = model.register_forward_pre_hook(PixelDecoding(read_layout(out)), with_kwargs=True)
+    with torch.no_grad():
+        hooked = model(**{k: v for k, v in codes.items() if k != "labels"}).logits
+    hook.remove()
+    assert torch.isfinite(decoded).all() and torch.equal(hooked, decoded)
+
+
+def test_one_train_step_on_video_shards_runs(video_shards, tmp_path):
+    out = tmp_path / "lora"
+    result = CliRunner().invoke(cli, ["train", str(video_shards("qwen2_vl")), "-o", str(out), "--report-to", "none",
+                                      "--max-steps", "1", "--batch-size", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    losses = [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert losses and all(np.isfinite(losses))
+
+
+def test_the_video_part_carries_the_frames_and_their_metadata():
+    frames = [png(frame) for frame in moving_frames(3)]
+    part = VIDEO.processor_part({"frames": frames, "timestamps": [0.0, 0.5, 1.0], "fps": 30.0, "total_frames": 45}, 0, None)
+    assert part["video"].shape == (3, 42, 56, 3) and part["video"].dtype == np.uint8
+    assert np.array_equal(part["video"][1], np.asarray(moving_frames(3)[1]))
+    metadata = part[METADATA_KEY]
+    assert (metadata.fps, metadata.frames_indices, metadata.total_num_frames) == (30.0, [0, 15, 30], 45)
+    assert (metadata.width, metadata.height) == (56, 42)
+    # A video given as frames has the rate of its timestamps; a single frame, the default rate.
+    listed = VIDEO.processor_part({"frames": frames, "timestamps": [0.0, 0.25, 0.5], "fps": None, "total_frames": 3}, 0, None)
+    assert (listed[METADATA_KEY].fps, listed[METADATA_KEY].frames_indices) == (4.0, [0, 1, 2])
+    single = VIDEO.processor_part({"frames": frames[:1], "timestamps": [0.0], "fps": None, "total_frames": 1}, 0, None)
+    assert single[METADATA_KEY].fps == 2.0
+    with pytest.raises(RowError, match="video 2 frame 0: cannot decode"):
+        VIDEO.processor_part({"frames": [{"bytes": b"not a png", "path": None}], "timestamps": [0.0], "fps": 1.0,
+                              "total_frames": 1}, 2, None)
+
+
+def test_video_as_images_leaves_videos_to_a_family_that_takes_them(video_data, tmp_path):
+    plain, as_images = tmp_path / "plain", tmp_path / "as-images"
+    tokenize(video_data, plain, model=str(tiny_model("qwen2_vl")), progress=False)
+    tokenize(video_data, as_images, model=str(tiny_model("qwen2_vl")), video_as_images=True, progress=False)
+    for first, second in zip(load_shards(plain), load_shards(as_images)):
+        assert np.array_equal(first["input_ids"], second["input_ids"])
+        assert np.array_equal(first["pixel_values_videos"], second["pixel_values_videos"])
