@@ -292,3 +292,30 @@ def test_video_as_images_leaves_videos_to_a_family_that_takes_them(video_data, t
     for first, second in zip(load_shards(plain), load_shards(as_images)):
         assert np.array_equal(first["input_ids"], second["input_ids"])
         assert np.array_equal(first["pixel_values_videos"], second["pixel_values_videos"])
+
+
+def test_an_mp4_converted_then_tokenized_keeps_the_clip_timing(tmp_path):
+    """From a real H.264 file: convert samples it once; tokenize's Qwen2.5-VL tensors equal the processor's own
+    call on the stored frames, and second_per_grid_ts is the source clip's (2 frames per grid step at 2 fps)."""
+    from tests.video_fixtures import build
+
+    build(tmp_path / "videos")  # clip.mp4: 2 s at 10 fps
+    source = tmp_path / "rows.jsonl"
+    source.write_text(json.dumps({"messages": [
+        {"role": "user", "content": [{"type": "video", "path": "videos/clip.mp4"}, text("What moves?")]},
+        {"role": "assistant", "content": "A square."}]}) + "\n")
+    runner = CliRunner()
+    converted = runner.invoke(cli, ["convert", str(source), "-o", str(tmp_path / "normalised")])
+    assert converted.exit_code == 0, converted.output
+    tokenized = runner.invoke(cli, ["tokenize", str(tmp_path / "normalised"), "-o", str(tmp_path / "shards"),
+                                    "--model", str(tiny_model("qwen2_5_vl"))])
+    assert tokenized.exit_code == 0, tokenized.output
+
+    row = datasets.load_from_disk(str(tmp_path / "normalised"))[0]
+    video = row["videos"][0]
+    assert (video["fps"], video["total_frames"], len(video["frames"])) == (10.0, 20, 4)
+    expected = oracle_outputs(load_processor(str(tiny_model("qwen2_5_vl"))).processor, row, load_template("qwen2_vl"))
+    rebuilt = model_inputs(load_shards(tmp_path / "shards")[0], read_layout(tmp_path / "shards"))
+    for name in ("input_ids", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+        assert torch.equal(rebuilt[name], expected[name]), name
+    assert rebuilt["second_per_grid_ts"].tolist() == [1.0]
