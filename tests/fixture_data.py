@@ -10,15 +10,16 @@ from vlmdata.readers import ReaderOptions
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_make_fixtures():
+def load_fixture_script(name: str):
+    """The module of the script fixtures/<name>.py."""
     # fixtures/ is a folder of scripts, not a package: load the builder by its path.
-    spec = importlib.util.spec_from_file_location("make_fixtures", REPO_ROOT / "fixtures" / "make_fixtures.py")
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "fixtures" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-make_fixtures = _load_make_fixtures()
+make_fixtures = load_fixture_script("make_fixtures")
 _built: dict[str, Path] = {}
 
 

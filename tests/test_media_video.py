@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from httpserver import serve
-from video_fixtures import build, drawn_frames, encode_video, png
+from tests.video_fixtures import build, drawn_frames, encode_video, png
 from vlmdata.cli import cli
 from vlmdata.errors import RowError
 from vlmdata.media import MediaLoader, MediaOptions

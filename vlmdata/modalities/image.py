@@ -35,14 +35,22 @@ class ImageModality(Modality):
         return loader.load_image(payload, base_dir)
 
     def processor_part(self, stored: dict[str, Any], position: int, processor) -> dict[str, Any]:
-        try:
-            # The same decoding `datasets.Image` does, so the pixels equal what users of the dataset see.
-            image = datasets.Image().decode_example({"bytes": stored["bytes"], "path": stored["path"]})
-        except Image.UnidentifiedImageError:
-            raise RowError(f"image {position}: cannot decode: not a recognised image format") from None
-        except Exception as error:
-            raise RowError(f"image {position}: cannot decode: {OBJECT_ADDRESS.sub('', str(error))}") from None
-        return {"type": "image", "image": image}
+        return {"type": "image", "image": decode_stored(stored, f"image {position}")}
+
+
+def decode_stored(stored: dict[str, Any], what: str) -> Image.Image:
+    """A stored picture ({bytes, path}) decoded as `datasets.Image` decodes it, so that the pixels equal what
+    users of the dataset see.
+
+    Raises:
+        RowError: it cannot be decoded; the reason starts with `what` ("image 2", "video 0 frame 3").
+    """
+    try:
+        return datasets.Image().decode_example({"bytes": stored["bytes"], "path": stored["path"]})
+    except Image.UnidentifiedImageError:
+        raise RowError(f"{what}: cannot decode: not a recognised image format") from None
+    except Exception as error:
+        raise RowError(f"{what}: cannot decode: {OBJECT_ADDRESS.sub('', str(error))}") from None
 
 
 IMAGE = ImageModality()

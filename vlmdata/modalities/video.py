@@ -13,7 +13,7 @@ from vlmdata.errors import RowError
 from vlmdata.media import MediaLoader
 from vlmdata.media.loader import VIDEO_OPTION_KEYS
 from vlmdata.modalities.base import Modality
-from vlmdata.modalities.image import OBJECT_ADDRESS
+from vlmdata.modalities.image import decode_stored
 
 # The frame rate a video given as one frame has no timestamps to tell: the rate Qwen2-VL samples at.
 DEFAULT_FPS = 2.0
@@ -65,15 +65,10 @@ def decoded_frames(stored: dict[str, Any], position: int) -> list[Image.Image]:
     Raises:
         RowError: the video has no frames, a frame cannot be decoded, or the frames differ in size.
     """
-    frames = []
-    for index, frame in enumerate(stored.get("frames") or []):
-        try:
-            image = datasets.Image().decode_example({"bytes": frame["bytes"], "path": frame["path"]})
-        except Image.UnidentifiedImageError:
-            raise RowError(f"video {position} frame {index}: cannot decode: not a recognised image format") from None
-        except Exception as error:
-            raise RowError(f"video {position} frame {index}: cannot decode: {OBJECT_ADDRESS.sub('', str(error))}") from None
-        frames.append(image.convert("RGB"))
+    frames = [
+        decode_stored(frame, f"video {position} frame {index}").convert("RGB")
+        for index, frame in enumerate(stored.get("frames") or [])
+    ]
     if not frames:
         raise RowError(f"video {position} has no frames")
     if len({frame.size for frame in frames}) > 1:
