@@ -1,10 +1,10 @@
 """Calibrating tokenize for one processor: how to store each tensor, and the quickest call that stores the same.
 
 Before the first row, tokenize runs two made-up conversations (differently sized images, one then two of them,
-and audio and videos where the family takes them) through the processor's plain call. Their outputs show which tensors the
-processor returns and how their dimensions vary (`vlmdata.shards.probe_layout`), and they are what every
-quicker `ProcessorCall` must reproduce, bit for bit, to be chosen. The result is a `TokenizePlan`, the same in
-every worker.
+and audio and videos where the family takes them) through the processor's plain call. Their outputs show which
+tensors the processor returns and how their dimensions vary (`vlmdata.shards.probe_layout`), and they are what
+every quicker `ProcessorCall` must reproduce, bit for bit, to be chosen. The result is a `TokenizePlan`, the
+same in every worker.
 """
 
 from __future__ import annotations

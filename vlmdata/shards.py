@@ -21,7 +21,8 @@ Storage. Numbers are stored as typed Arrow arrays, never Python lists, never flo
   features), are stored as float32, exactly what the processor computes. Qwen2-VL's pixels repeat each
   still image `temporal_patch_size` times inside every patch: when the probe rows do, each patch keeps one
   frame (half the bytes). Their videos (`pixel_values_videos`), whose frames all differ, have their own
-  unfolded storage: uint8 codes with each frame once. Integers are stored as int32 (checked to fit) and rebuilt with the processor's dtype.
+  unfolded storage: uint8 codes with each frame once. Integers are stored as int32 (checked to fit) and
+  rebuilt with the processor's dtype.
 A row without some tensor (a text-only row has no pixels) stores it empty (first dimension 0, or an empty
 shape) and the reader leaves it out, as the processor does.
 
