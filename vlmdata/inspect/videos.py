@@ -22,7 +22,7 @@ class VideoStrip:
     Attributes:
         frames: thumbnails of some of its sampled frames, with `timestamps` (seconds in the source) of each.
         sampled: how many frames the video stores.
-        duration: seconds of the source clip, or of the frames given, as `duration` computes it.
+        duration: seconds of the source clip, or of the frames given (`duration`).
     """
 
     frames: list[Thumbnail] = field(default_factory=list)
@@ -31,13 +31,12 @@ class VideoStrip:
     duration: float = 0.0
 
 
-def duration(video: dict[str, Any]) -> float:
+def duration(fps: float | None, total_frames: int | None, last_timestamp: float | None) -> float:
     """Seconds of a stored video: its source's frame count over its frame rate, or for a video given as its
     frames (no frame rate) the time of its last frame."""
-    fps, total, timestamps = video.get("fps"), video.get("total_frames"), video.get("timestamps") or []
-    if fps and total:
-        return total / fps
-    return float(timestamps[-1]) if timestamps else 0.0
+    if fps and total_frames:
+        return total_frames / fps
+    return float(last_timestamp) if last_timestamp is not None else 0.0
 
 
 def video_summaries(videos: pa.Array) -> list[tuple[int, float]]:
@@ -52,11 +51,7 @@ def video_summaries(videos: pa.Array) -> list[tuple[int, float]]:
     fps = flat.field("fps").to_pylist()
     totals = flat.field("total_frames").to_pylist()
     last_times = [times[-1] if times else None for times in flat.field("timestamps").to_pylist()]
-    summaries = []
-    for count, rate, total, last in zip(frame_counts, fps, totals, last_times):
-        seconds = {"fps": rate, "total_frames": total, "timestamps": [last] if last is not None else []}
-        summaries.append((count, duration(seconds)))
-    return summaries
+    return [(count, duration(rate, total, last)) for count, rate, total, last in zip(frame_counts, fps, totals, last_times)]
 
 
 def strip(video: dict[str, Any] | None) -> VideoStrip:
@@ -71,5 +66,5 @@ def strip(video: dict[str, Any] | None) -> VideoStrip:
         frames=[thumbnail(frames[i], STRIP_SIDE) for i in shown],
         timestamps=[float(times[i]) if i < len(times) else float("nan") for i in shown],
         sampled=len(frames),
-        duration=duration(video),
+        duration=duration(video.get("fps"), video.get("total_frames"), times[-1] if times else None),
     )

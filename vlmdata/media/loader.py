@@ -123,9 +123,9 @@ class MediaLoader:
         if key == "video" and isinstance(value, np.ndarray):
             if value.ndim != 4:
                 raise RowError(f"video given as an array must be [frames, height, width, 3], got {value.shape}")
-            return self._frames_list(list(value), part, base_dir)
+            return self._frames_list(list(value), sampling.fps, base_dir)
         if key in ("video", "path") and isinstance(value, (list, tuple)):
-            return self._frames_list(list(value), part, base_dir)
+            return self._frames_list(list(value), sampling.fps, base_dir)
         source = self.read_encoded(key, value, base_dir, "video")
         video = decode_video(
             source.data, source.label, sampling, options.max_video_seconds, options.max_image_pixels
@@ -152,8 +152,8 @@ class MediaLoader:
             frames = None
         return Sampling(frames=frames, fps=float(fps), max_frames=self.options.max_video_frames)
 
-    def _frames_list(self, frames: list, part: dict, base_dir: str | None) -> dict:
-        """A video given as its frames: each frame checked and stored as an image, all of one size."""
+    def _frames_list(self, frames: list, fps: float, base_dir: str | None) -> dict:
+        """A video given as its frames: each frame checked and stored as an image, all of one size, timed at `fps`."""
         options = self.options
         if not frames:
             raise RowError("video given as frames has no frames")
@@ -180,7 +180,6 @@ class MediaLoader:
         if len(set(sizes)) > 1:
             listed = ", ".join(f"{w}x{h}" for w, h in dict.fromkeys(sizes))
             raise RowError(f"video given as frames has frames of different sizes ({listed}); all must be one size")
-        fps = self._sampling(part).fps
         return {
             "frames": stored,
             "timestamps": [i / fps for i in range(len(stored))],
