@@ -24,6 +24,7 @@ TEMPLATE_KWARGS = {"bos_token": BOS, "eos_token": EOS, "date_string": "26 Jul 20
 ASSISTANT_SPAN = {
     "gemma3": lambda text: text.strip() + "<end_of_turn>",
     "gemma3n": lambda text: text.strip() + "<end_of_turn>",
+    "gemma4": lambda text: text.strip() + "<turn|>",
     "qwen2_vl": lambda text: text + "<|im_end|>",
     "llava": lambda text: text + " ",  # LLaVA 1.5 ends a reply with a space, not a token
     "llama3_2_vision": lambda text: text + "<|eot_id|>",
@@ -40,6 +41,7 @@ def text(value):
 # Media parts as the normalised dataset stores them: no payload, a null text.
 IMAGE = {"type": "image", "text": None}
 AUDIO = {"type": "audio", "text": None}
+VIDEO = {"type": "video", "text": None}
 
 
 def user(*parts):
@@ -86,9 +88,22 @@ AUDIO_CONVERSATIONS = {
     "audio_and_image": [user(IMAGE, AUDIO, text("Do they match?")), assistant("Yes.")],
 }
 
+VIDEO_CONVERSATIONS = {
+    "video": [user(VIDEO, text("What happens?")), assistant("A ball rolls.")],
+    "video_image_and_audio": [
+        system("Be brief."),
+        user(text("Watch"), VIDEO, IMAGE),
+        assistant("Seen."),
+        user(AUDIO, text("And listen.")),
+        assistant("Heard."),
+    ],
+}
+# The kinds of media each template takes besides images.
+MORE_MEDIA = {"gemma3n": AUDIO_CONVERSATIONS, "gemma4": {**AUDIO_CONVERSATIONS, **VIDEO_CONVERSATIONS}}
+
 
 def conversations_for(name):
-    return {**CONVERSATIONS, **AUDIO_CONVERSATIONS} if name == "gemma3n" else CONVERSATIONS
+    return {**CONVERSATIONS, **MORE_MEDIA.get(name, {})}
 
 
 def official_input(name, conversation):
@@ -196,12 +211,37 @@ def test_replies_made_of_several_text_parts_are_kept_whole():
     assert spans == ["Hello there" + EOS]
 
 
+@pytest.mark.parametrize("add_generation_prompt", [False, True])
+@pytest.mark.parametrize("key", ["text_only", "system_prompt", "several_turns"])
+def test_gemma4_thinking_opens_a_system_turn_like_the_official_template(key, add_generation_prompt):
+    conversation = CONVERSATIONS[key]
+    official = (OFFICIAL / "gemma4.jinja").read_text(encoding="utf-8")
+    kwargs = {"enable_thinking": True, "add_generation_prompt": add_generation_prompt}
+    ours = render(load_template("gemma4"), conversation, **kwargs)
+    assert ours == render(official, conversation, **kwargs)
+    assert "<|turn>system\n<|think|>\n" in ours
+
+
+def test_gemma4_replies_lose_their_thinking_like_the_official_template():
+    conversation = [
+        user(text("Hi")),
+        assistant("<|channel>thought\nThey greet me.<channel|>Hello!"),
+        {"role": "assistant", "content": "More <|channel>thought\nunfinished"},
+        user(text("Bye")),
+    ]
+    official = (OFFICIAL / "gemma4.jinja").read_text(encoding="utf-8")
+    assert render(load_template("gemma4"), conversation) == render(official, conversation)
+    _, spans = generated_spans(load_template("gemma4"), conversation)
+    assert spans == ["Hello!<turn|>", "More<turn|>"]
+
+
 # Every control token the templates write, so that the test tokenizer never splits one.
 CONTROL_TOKENS = [
     BOS, EOS, "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<image_soft_token>", "<audio_soft_token>",
     "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<image>",
     "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>", "<|header_start|>", "<|header_end|>",
-    "<|eot|>", "[INST]", "[/INST]", "[IMG]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+    "<|eot|>", "[INST]", "[/INST]", "[IMG]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<|turn>", "<turn|>",
+    "<|audio|>", "<|video|>", "<|channel>", "<channel|>", "<|think|>",
 ]  # fmt: skip
 
 

@@ -2,6 +2,7 @@
 
 import inspect
 import os
+import re
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from vlmdata.errors import FatalError
 from vlmdata.models import FAMILIES, family_for_config, family_for_model_type, get_family, load_template
 from vlmdata.models.loading import load_processor
 
-ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "llava", "mllama", "pixtral", "mistral3", "llama4"]
+ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "llava", "mllama", "pixtral", "mistral3", "llama4", "gemma4"]
 
 
 def test_every_documented_alias_is_known():
@@ -33,6 +34,7 @@ def test_every_documented_alias_is_known():
         ("pixtral", "mistralai/Pixtral-12B-2409", "pixtral"),
         ("mistral3", "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "mistral_v7_tekken"),
         ("llama4", "meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama4"),
+        ("gemma4", "google/gemma-4-E2B-it", "gemma4"),
     ],
 )
 def test_alias_names_its_checkpoint_and_template(alias, checkpoint, template):
@@ -44,6 +46,16 @@ def test_alias_names_its_checkpoint_and_template(alias, checkpoint, template):
 def test_gemma3n_takes_audio():
     assert get_family("gemma3n").modalities == ("image", "audio")
     assert "<audio_soft_token>" in get_family("gemma3n").media_tokens
+
+
+def test_gemma4_takes_images_video_and_audio_and_times_its_frames():
+    family = get_family("gemma4")
+    assert family.modalities == ("image", "video", "audio")
+    assert {"<|image|>", "<|video|>", "<|audio|>"} <= set(family.media_tokens)
+    # The processor's "mm:ss" before each frame; frames after the first follow a space.
+    timestamp = re.compile(family.frame_timestamp)
+    assert timestamp.fullmatch("00:03 ") and timestamp.fullmatch(" 12:40 ")
+    assert not timestamp.fullmatch("at 00:03 ") and not timestamp.fullmatch("00:03")
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -91,6 +103,7 @@ def test_unknown_alias_is_fatal_and_lists_the_known_ones():
         ("mllama", "mllama"),
         ("mistral3", "mistral3"),
         ("llama4", "llama4"),
+        ("gemma4", "gemma4"),
     ],
 )
 def test_model_type_maps_to_its_family(model_type, alias):

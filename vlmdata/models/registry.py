@@ -56,6 +56,8 @@ class Family:
 
 GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<image_soft_token>", "<end_of_image>")
 GEMMA3N_AUDIO_TOKENS = ("<start_of_audio>", "<audio_soft_token>", "<end_of_audio>")
+# Gemma 4 opens and closes every image and every video frame with <|image> and <image|>.
+GEMMA4_MEDIA_TOKENS = ("<|image>", "<|image|>", "<|video|>", "<image|>", "<|audio>", "<|audio|>", "<audio|>")
 QWEN2_VL_MEDIA_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|video_pad|>", "<|vision_end|>")
 MISTRAL_IMAGE_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
 LLAMA4_IMAGE_TOKENS = (
@@ -85,6 +87,23 @@ _FAMILIES = (
         model_types=("gemma3n",),
         media_tokens=GEMMA3_IMAGE_TOKENS + GEMMA3N_AUDIO_TOKENS,
         model_inputs=("pixel_values", "input_features", "input_features_mask", "token_type_ids"),
+    ),
+    Family(
+        alias="gemma4",
+        default_checkpoint="google/gemma-4-E2B-it",
+        template_name="gemma4",
+        modalities=("image", "video", "audio"),
+        # gemma4_unified checkpoints have processors and models of their own (Gemma4Unified*).
+        model_types=("gemma4",),
+        media_tokens=GEMMA4_MEDIA_TOKENS,
+        model_inputs=(
+            "pixel_values", "image_position_ids", "pixel_values_videos", "video_position_ids", "num_frames_per_video",
+            "input_features", "input_features_mask", "mm_token_type_ids",
+        ),
+        # Each frame of a video is "mm:ss " then <|image><|video|>...; the first frame follows the text directly,
+        # the others a space.
+        frame_start=("<|image>", "<|video|>"),
+        frame_timestamp=r" ?\d{2,}:\d{2} ",
     ),
     Family(
         alias="qwen2_vl",
