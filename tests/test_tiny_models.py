@@ -38,6 +38,7 @@ EXPECTED_CLASSES = {  # alias: (processor, model)
     "pixtral": ("PixtralProcessor", "LlavaForConditionalGeneration"),
     "mistral3": ("PixtralProcessor", "Mistral3ForConditionalGeneration"),
     "llama4": ("Llama4Processor", "Llama4ForConditionalGeneration"),
+    "gemma4": ("Gemma4Processor", "Gemma4ForConditionalGeneration"),
 }
 
 # The token whose ids the model replaces with image features, as in the real checkpoints' configs.
@@ -51,6 +52,7 @@ MODEL_IMAGE_TOKEN = {
     "pixtral": "[IMG]",
     "mistral3": "[IMG]",
     "llama4": "<|patch|>",
+    "gemma4": "<|image|>",
 }
 
 ORDINARY_TEXT = [
@@ -60,8 +62,9 @@ ORDINARY_TEXT = [
     "東京 is the capital of Japan 🙂",
 ]
 
-# Control tokens as the official templates write them: <start_of_turn>, <|im_start|>, [INST], <image>...
-CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>|<[a-z_]+>|\[/?[A-Z_]+\]")
+# Control tokens as the official templates write them: <start_of_turn>, <|im_start|>, [INST], <image>, and
+# Gemma 4's half-open <|turn> ... <turn|>.
+CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>|<\|?[a-z_]+\|?>|\[/?[A-Z_]+\]")
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +129,10 @@ def expected_image_tokens(alias: str, config, inputs) -> int:
     if alias == "llama4":
         patches = (vision.image_size // vision.patch_size) ** 2
         return int(patches * vision.pixel_shuffle_ratio**2) * len(inputs["pixel_values"])
+    if alias == "gemma4":
+        # Each image is resized to fit the soft-token budget: its real patches (not padding) pooled k x k.
+        patches = int((inputs["image_position_ids"] != -1).all(-1).sum())
+        return patches // vision.pooling_kernel_size**2
     raise AssertionError(f"no expectation for {alias}")
 
 
@@ -252,6 +259,36 @@ def test_gemma3n_takes_audio_and_image_together(load):
     labels = ids.masked_fill((ids == model.config.audio_token_id) | (ids == model.config.image_token_id), -100)
     with torch.no_grad():
         assert torch.isfinite(model(**inputs, labels=labels).loss)
+
+
+def test_gemma4_takes_image_audio_and_video_together(load):
+    from transformers.video_utils import VideoMetadata
+
+    processor, model = load("gemma4")
+    config = model.config
+    seconds = np.linspace(0, 1.5, 24_000, dtype=np.float32)
+    frames = np.stack([np.asarray(drawn_image(64, 48, (40 * i, 90, 200 - 40 * i))) for i in range(3)])
+    messages = conversation(*ONE_IMAGE, audio=0.3 * np.sin(2 * np.pi * 440 * seconds))
+    messages[0]["content"].insert(0, {"type": "video", "video": frames})
+    metadata = VideoMetadata(total_num_frames=3, fps=1.0, frames_indices=[0, 1, 2], width=64, height=48)
+    inputs = processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"videos_kwargs": {"do_sample_frames": False, "video_metadata": [metadata]}})
+    ids = inputs["input_ids"]
+    # 1.5 s of audio: 40 ms a soft token.
+    assert int((ids == config.audio_token_id).sum()) == processor._compute_audio_num_tokens(seconds, 16_000) == 38
+    frame_patches = int((inputs["video_position_ids"] != -1).all(-1).sum())
+    assert int((ids == config.video_token_id).sum()) == frame_patches // config.vision_config.pooling_kernel_size**2
+    assert processor.tokenizer.decode(ids[0]).count("<|image>") == 1 + 3  # the image and each frame
+    assert "00:00 <|image>" in processor.tokenizer.decode(ids[0]) and " 00:02 <|image>" in processor.tokenizer.decode(ids[0])
+    media = (ids == config.audio_token_id) | (ids == config.image_token_id) | (ids == config.video_token_id)
+    with torch.no_grad():
+        outputs = model(**inputs, labels=ids.masked_fill(media, -100))
+        assert torch.isfinite(outputs.loss)
+        # Every medium reaches the logits: changing one changes them.
+        for key in ("pixel_values", "pixel_values_videos", "input_features"):
+            changed = {**inputs, key: inputs[key].flip(0) if key == "pixel_values_videos" else inputs[key] * 0.5}
+            assert not torch.allclose(model(**changed).logits, outputs.logits), key
 
 
 def test_checkpoints_stay_small(models_dir):
