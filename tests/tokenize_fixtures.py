@@ -19,7 +19,7 @@ from vlmdata.convert import convert  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Families tokenized end to end: the oracle, labels and a forward pass are checked for each.
-FAMILIES = ["gemma3", "qwen2_vl", "llava", "qwen2_5_vl", "mllama", "pixtral", "mistral3", "llama4", "gemma3n"]
+FAMILIES = ["gemma3", "qwen2_vl", "llava", "qwen2_5_vl", "mllama", "pixtral", "mistral3", "llama4", "gemma3n", "gemma4"]
 # What ends an assistant turn in each family's official format (trained together with the reply).
 END_OF_TURN = {
     "gemma3": "<end_of_turn>",
@@ -31,6 +31,7 @@ END_OF_TURN = {
     "pixtral": "</s>",
     "mistral3": "</s>",
     "llama4": "<|eot|>",
+    "gemma4": "<turn|>",
 }
 REPLIES = ["A red square on a pale background.", "It is drawn with straight edges."]
 
