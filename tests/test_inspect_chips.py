@@ -40,8 +40,9 @@ def test_two_images_in_one_turn_make_two_chips(alias, tmp_path):
     assert all(chip.startswith("[") and chip.endswith((" image tokens]", " image token]")) for chip in chips), chips
 
 
-def test_gemma3n_audio_is_one_audio_chip(tmp_path):
-    shards = _shards(tmp_path, "gemma3n")
+@pytest.mark.parametrize("alias", ["gemma3n", "gemma4"])
+def test_audio_is_one_audio_chip(alias, tmp_path):
+    shards = _shards(tmp_path, alias)
     page = inspect(shards, html=tmp_path / "page.html", ids=["audio", "two-images"]).page
     (chip,) = _chips(page, "audio")
     assert chip.startswith("[") and chip.endswith(" audio tokens]")

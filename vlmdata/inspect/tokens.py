@@ -42,7 +42,7 @@ def media_token_names(tokenizer, names: Sequence[str]) -> dict[int, str]:
 
 
 def has_closing_token(media: dict[int, str]) -> bool:
-    """Whether a media run ends with a token of its own (<end_of_image>, [IMG_END]); without one (LLaVA's
+    """Whether a media run ends with a token of its own (<end_of_image>, [IMG_END], <image|>); without one (LLaVA's
     repeated <image>, Mllama's one <|image|> per image) adjacent items can only be told apart by their length."""
     return any(_closes(name) for name in media.values())
 
@@ -115,7 +115,8 @@ def _runs(
 
 
 def _closes(name: str) -> bool:
-    return "end" in name.lower()
+    # <end_of_image>, [IMG_END], <|image_end|>; Gemma 4 closes with the half-open <image|>, <audio|>.
+    return "end" in name.lower() or (name.endswith("|>") and not name.startswith("<|"))
 
 
 def _modality(ids: list[int], media: dict[int, str]) -> str:
