@@ -22,8 +22,10 @@ from vlmdata.optional import require
 
 # Every family's language model names its projections this way; Mllama's cross-attention layers included.
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q|k|v|o|gate|up|down)_proj"
-# The vision side of each family: the tower, the projector into the language model, Gemma 3n's embedder.
-VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "embed_vision")
+# The vision side of each family: the tower, the projector into the language model, Gemma 3n's and Gemma 4's
+# embedders, and with them their audio tower and embedder, frozen and trained (--train-vision) alike.
+VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "embed_vision", "audio_tower",
+                "embed_audio")
 ADAPTERS = ("lora", "full")
 # What the libraries say on every run, which tells the user nothing about theirs: (category, start of message).
 KNOWN_NOTICES = (
