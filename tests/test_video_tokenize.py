@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -319,3 +320,40 @@ def test_an_mp4_converted_then_tokenized_keeps_the_clip_timing(tmp_path):
     for name in ("input_ids", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
         assert torch.equal(rebuilt[name], expected[name]), name
     assert rebuilt["second_per_grid_ts"].tolist() == [1.0]
+
+
+def test_gemma4_video_shards_rebuild_the_processor_output_bit_for_bit(video_data, video_shards):
+    out = video_shards("gemma4")
+    layout = read_layout(out)
+    specs = {spec.name: spec for spec in layout.tensors}
+    assert specs["pixel_values_videos"].stored_dtype == specs["pixel_values"].stored_dtype == "uint8"
+    processor = load_processor(str(tiny_model("gemma4"))).processor
+    shards = {row["id"]: row for row in load_shards(out)}
+    for row in datasets.load_from_disk(str(video_data)):
+        expected = oracle_outputs(processor, row, load_template("gemma4"))
+        rebuilt = model_inputs(shards[row["id"]], layout)
+        assert set(rebuilt) == set(expected) - {"assistant_masks"} | {"labels"}, row["id"]
+        for name, tensor in expected.items():
+            if name != "assistant_masks":
+                assert rebuilt[name].dtype == tensor.dtype and torch.equal(rebuilt[name], tensor), (row["id"], name)
+    # The processor writes each frame's second as "mm:ss" before it: 4 frames at 10 fps are all at 00:00.
+    text_of_row = processor.tokenizer.decode(shards["four-frames"]["input_ids"].tolist())
+    assert text_of_row.count("00:00 <|image>") == 4
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model("gemma4"))
+    with torch.no_grad():
+        assert torch.isfinite(model(**model_inputs(shards["image-and-video"], layout)).loss)
+
+
+def test_gemma4_frame_timestamps_are_never_trained(video_data, tmp_path):
+    out = tmp_path / "all"
+    tokenize(video_data, out, model=str(tiny_model("gemma4")), train_on="all", progress=False)
+    layout = read_layout(out)
+    tokenizer = load_processor(str(tiny_model("gemma4"))).processor.tokenizer
+    for row in load_shards(out):
+        frames = int(model_inputs(row, layout)["num_frames_per_video"].sum())
+        trained = tokenizer.decode(row["input_ids"][row["labels"] != -100].tolist())
+        masked = tokenizer.decode(row["input_ids"][row["labels"] == -100].tolist())
+        # With --train-on all every text token is trained but the media and the "mm:ss " before each frame.
+        assert re.search(r"\d\d:\d\d", trained) is None and "<|image>" not in trained, row["id"]
+        assert len(re.findall(r"\d\d:\d\d <\|image>", masked)) == frames > 0, row["id"]
+        assert "<|turn>user" in trained and "A square moves right." in trained, row["id"]
