@@ -211,12 +211,13 @@ def test_folder_loads_both_ways_and_holds_processor_and_metadata(data_dir, tmp_p
     assert "{% generation %}" in saved.chat_template.replace("{%- generation -%}", "{% generation %}")
 
 
-def test_audio_rows_end_to_end_for_gemma3n(tmp_path):
+@pytest.mark.parametrize("alias", ["gemma3n", "gemma4"])
+def test_audio_rows_end_to_end(alias, tmp_path):
     data = normalised(tmp_path / "audio", with_audio=True)
-    summary = _tokenize(data, tmp_path / "shards", "gemma3n")
+    summary = _tokenize(data, tmp_path / "shards", alias)
     assert summary.rows_written == 4 and summary.media["audios"] == 1
     row = _shard_rows(tmp_path / "shards")["audio"]
-    processor = AutoProcessor.from_pretrained(tiny_model("gemma3n"))
+    processor = AutoProcessor.from_pretrained(tiny_model(alias))
     source = next(r for r in datasets.load_from_disk(str(data)) if r["id"] == "audio")
     audio = source["audios"][0]["array"]
     messages = [
@@ -226,8 +227,14 @@ def test_audio_rows_end_to_end_for_gemma3n(tmp_path):
     ]
     expected = processor.apply_chat_template(messages, tokenize=True, return_dict=True, return_tensors="pt")
     rebuilt = model_inputs(row, read_layout(tmp_path / "shards"))
+    assert set(rebuilt) == set(expected) | {"labels"}
     for name, tensor in expected.items():
         assert torch.equal(rebuilt[name], tensor), name
+    audio_token = processor.tokenizer.convert_tokens_to_ids(processor.audio_token)
+    assert (rebuilt["labels"][rebuilt["input_ids"] == audio_token] == -100).all()
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias))
+    with torch.no_grad():
+        assert torch.isfinite(model(**rebuilt).loss)
 
 
 def test_audio_for_a_family_without_audio_is_rejected(tmp_path):
