@@ -197,3 +197,18 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_gemma4_adapts_only_its_language_model_by_both_forms_of_targets():
+    from vlmdata.recipe.checks import lora_target_modules
+    from vlmdata.train.model import lora_targets
+
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model("gemma4"))
+    assert vision_modules(model) == ["model.vision_tower", "model.audio_tower", "model.embed_vision", "model.embed_audio"]
+    default = lora_targets(model, DEFAULT_LORA_TARGETS)
+    # axolotl's `lora_target_modules: [q_proj, ...]`: the vision tower's projections wrap their linear layer
+    # (`q_proj.linear`), so only the language model's match.
+    listed = lora_targets(model, lora_target_modules(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                       "down_proj"]))
+    assert default == listed and len(default) == 7 * model.config.text_config.num_hidden_layers
+    assert all(name.startswith("model.language_model.layers.") for name in default)
