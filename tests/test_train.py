@@ -204,7 +204,8 @@ def test_gemma4_adapts_only_its_language_model_by_both_forms_of_targets():
     from vlmdata.train.model import lora_targets
 
     model = AutoModelForImageTextToText.from_pretrained(tiny_model("gemma4"))
-    assert vision_modules(model) == ["model.vision_tower", "model.audio_tower", "model.embed_vision", "model.embed_audio"]
+    towers = ["model.vision_tower", "model.audio_tower", "model.embed_vision", "model.embed_audio"]
+    assert vision_modules(model) == towers
     default = lora_targets(model, DEFAULT_LORA_TARGETS)
     # axolotl's `lora_target_modules: [q_proj, ...]`: the vision tower's projections wrap their linear layer
     # (`q_proj.linear`), so only the language model's match.
