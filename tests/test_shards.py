@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText
+from transformers import AutoModelForImageTextToText, AutoTokenizer
 
 from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
 from vlmdata.batching import Batching, Padding
-from vlmdata.labels import IGNORE_INDEX, make_labels, text_cut_allowed
+from vlmdata.labels import IGNORE_INDEX, make_labels, media_mask, text_cut_allowed
 from vlmdata.shards import TensorLayout, TensorSpec, load_shards, model_inputs, probe_layout, read_layout
 from vlmdata.tensor_spec import Storage
 from vlmdata.tokenize import tokenize
@@ -106,10 +107,32 @@ def test_labels_ignore_media_padding_and_untrained_turns():
     ids = np.array([1, 50, 50, 7, 8, 2, 9, 10, 0])
     assistant = np.array([0, 0, 0, 1, 1, 0, 1, 1, 0])
     attention = np.array([1, 1, 1, 1, 1, 1, 1, 1, 0])
-    assert make_labels(ids, assistant, attention, {50}).tolist() == [-100, -100, -100, 7, 8, -100, 9, 10, -100]
-    assert make_labels(ids, assistant, attention, {50}, "last").tolist() == [-100] * 6 + [9, 10, -100]
-    assert make_labels(ids, assistant, attention, {50}, "all").tolist() == [1, -100, -100, 7, 8, 2, 9, 10, IGNORE_INDEX]
-    assert text_cut_allowed(ids, {50}, 3) and not text_cut_allowed(ids, {50}, 2)
+    media = ids == 50
+    assert make_labels(ids, assistant, attention, media).tolist() == [-100, -100, -100, 7, 8, -100, 9, 10, -100]
+    assert make_labels(ids, assistant, attention, media, "last").tolist() == [-100] * 6 + [9, 10, -100]
+    assert make_labels(ids, assistant, attention, media, "all").tolist() == [1, -100, -100, 7, 8, 2, 9, 10, IGNORE_INDEX]
+    assert text_cut_allowed(media, 3) and not text_cut_allowed(media, 2)
+
+
+def test_the_timestamp_text_before_each_video_frame_is_media():
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model("qwen2_vl"))
+    # As Qwen3-VL's processor expands a video of two frames, after an image whose text ends like a timestamp.
+    frame = "<|vision_start|><|video_pad|><|video_pad|><|vision_end|>"
+    text = ("Look at <0.5 seconds><|vision_start|><|image_pad|><|vision_end|> and "
+            f"<|vision_start|><0.5 seconds>{frame}<12.5 seconds>{frame}<|vision_end|> now")
+    ids = np.array(tokenizer(text)["input_ids"])
+    media_ids = set(tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]))
+    mask = media_mask(ids, media_ids, tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|video_pad|>"]),
+                      re.compile(r"<\d+(\.\d+)? seconds>"), tokenizer.decode)
+
+    def text_of(selected):
+        return tokenizer.decode(ids[selected].tolist())
+
+    assert text_of(mask) == (f"<|vision_start|><|image_pad|><|vision_end|><|vision_start|><0.5 seconds>{frame}"
+                             f"<12.5 seconds>{frame}<|vision_end|>")
+    assert text_of(~mask) == "Look at <0.5 seconds> and  now"
+    # Without a timestamp rule only the media tokens are media.
+    assert text_of(media_mask(ids, media_ids)).count("seconds") == 0
 
 
 @pytest.mark.slow

@@ -5,13 +5,15 @@ processor's assistant mask marks exactly the reply tokens. From it and the media
 - `assistant`: every assistant turn (with its end-of-turn token) is trained;
 - `all`: every text token is trained;
 - `last`: only the final assistant turn is trained.
-Media tokens (image soft tokens and their delimiters, audio tokens) and padding are never trained: the model
-does not predict them, and learning to emit them would corrupt generation.
+Media tokens (image soft tokens and their delimiters, audio tokens, and the timestamp text some processors write
+before each video frame) and padding are never trained: the model does not predict them, and learning to emit
+them would corrupt generation.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -20,6 +22,8 @@ TRAIN_ON = ("assistant", "all", "last")
 # What is done with a row longer than the maximum length: rejected (none), or cut after its last media token (text).
 TRUNCATE = ("none", "text")
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+# The longest frame timestamp looked for, in tokens ("<12.5 seconds>" is 8 with the Qwen tokenizer).
+MAX_TIMESTAMP_TOKENS = 16
 
 
 def has_generation_markers(template: str) -> bool:
@@ -31,7 +35,7 @@ def make_labels(
     input_ids: np.ndarray,
     assistant_mask: np.ndarray,
     attention_mask: np.ndarray,
-    media_token_ids: set[int],
+    media: np.ndarray,
     train_on: str = "assistant",
     assistant_turns: int | None = None,
 ) -> np.ndarray:
@@ -41,14 +45,14 @@ def make_labels(
         input_ids: the row's token ids, shape [L].
         assistant_mask: 1 on tokens produced by an assistant turn's generation block, shape [L].
         attention_mask: 0 on padding, shape [L].
-        media_token_ids: ids that stand for media, never trained.
+        media: true on the tokens that stand for media (`media_mask`), never trained.
         train_on: "assistant", "all" or "last".
         assistant_turns: with "last", the number of assistant messages. A mask with fewer runs of ones means
             that a reply wrote no token (an empty reply in a template without an end-of-turn token): the last
             run may then be an earlier reply, and nothing is trained rather than the wrong turn.
 
     Example:
-        >>> make_labels(np.array([5, 9, 6, 7]), np.array([0, 0, 1, 1]), np.ones(4), {9}).tolist()
+        >>> make_labels(np.array([5, 9, 6, 7]), np.array([0, 0, 1, 1]), np.ones(4), np.array([0, 1, 0, 0])).tolist()
         [-100, -100, 6, 7]
     """
     if train_on == "all":
@@ -62,7 +66,7 @@ def make_labels(
     else:
         raise ValueError(f"train_on must be one of {TRAIN_ON}, got {train_on!r}")
     trained &= attention_mask.astype(bool)
-    trained &= ~np.isin(input_ids, sorted(media_token_ids))
+    trained &= ~media.astype(bool)
     return np.where(trained, input_ids, IGNORE_INDEX)
 
 
@@ -84,7 +88,53 @@ def _last_run(mask: np.ndarray) -> np.ndarray:
     return last
 
 
-def text_cut_allowed(input_ids: np.ndarray, media_token_ids: set[int], max_length: int) -> bool:
+def text_cut_allowed(media: np.ndarray, max_length: int) -> bool:
     """Whether cutting a row to `max_length` tokens removes only text after its last media token."""
-    media_positions = np.flatnonzero(np.isin(input_ids, sorted(media_token_ids)))
+    media_positions = np.flatnonzero(media)
     return len(media_positions) == 0 or media_positions[-1] < max_length
+
+
+def media_mask(
+    input_ids: np.ndarray,
+    media_token_ids: set[int],
+    frame_start_ids: Sequence[int] = (),
+    frame_timestamp: re.Pattern | None = None,
+    decode: Callable[[list[int]], str] | None = None,
+) -> np.ndarray:
+    """Which tokens of a row stand for media: the media tokens, and the timestamp text before each video frame.
+
+    Qwen3-VL writes "<1.5 seconds>" and Gemma 4 "00:01 " before each frame: ordinary text tokens, found as the
+    longest run of tokens just before a frame's opening tokens that decodes to a full match of `frame_timestamp`.
+
+    Args:
+        input_ids: the row's token ids, shape [L].
+        media_token_ids: ids that always stand for media.
+        frame_start_ids: the ids that open each video frame, in order (a start token and the first video soft
+            token), so that an image's start token never counts as a frame's.
+        frame_timestamp: what the text before each frame fully matches.
+        decode: turns token ids into text (the tokenizer's own decoding).
+
+    Example:
+        >>> media_mask(np.array([3, 1, 2, 9, 9, 8]), {9, 8}).tolist()
+        [False, False, False, True, True, True]
+    """
+    media = np.isin(input_ids, sorted(media_token_ids))
+    if not frame_start_ids or frame_timestamp is None:
+        return media
+    width = len(frame_start_ids)
+    starts = np.flatnonzero(np.all(
+        [np.roll(input_ids, -shift) == token for shift, token in enumerate(frame_start_ids)], axis=0))
+    for start in starts[starts <= len(input_ids) - width]:
+        first = _timestamp_start(input_ids, media, start, frame_timestamp, decode)
+        media[first:start] = True
+    return media
+
+
+def _timestamp_start(input_ids, media, start: int, pattern: re.Pattern, decode) -> int:
+    first = start
+    for size in range(1, MAX_TIMESTAMP_TOKENS + 1):
+        if start - size < 0 or media[start - size]:
+            break
+        if pattern.fullmatch(decode(input_ids[start - size : start].tolist())):
+            first = start - size
+    return first

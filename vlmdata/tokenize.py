@@ -320,7 +320,7 @@ def _token_columns(
 ) -> dict[str, Any]:
     """input_ids, labels and length, cutting `outputs`' per-token tensors in place when truncating."""
     input_ids = outputs["input_ids"][0].numpy()
-    media = loaded.media_token_ids
+    media = loaded.media_mask(input_ids)
     # Labels come from the whole row, before any cut: `last` must mean the final reply even when the cut
     # removes it (the row then has nothing to train on), never the reply before it.
     labels = make_labels(
@@ -331,7 +331,7 @@ def _token_columns(
     if options.max_length is not None and length > options.max_length:
         if options.truncate != "text":
             raise RowError(f"{length} tokens, more than --max-length {options.max_length}")
-        if not text_cut_allowed(input_ids, media, options.max_length):
+        if not text_cut_allowed(media, options.max_length):
             raise RowError(
                 f"{length} tokens, more than --max-length {options.max_length}, and the cut would go through media tokens"
             )

@@ -16,7 +16,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vlmdata.errors import FatalError
+from vlmdata.labels import media_mask
 from vlmdata.models.registry import FAMILIES, Family, family_for_config
 
 # A hub id: "name" or "owner/name", of letters, digits, "_", "-" and ".", each starting with a letter or digit.
@@ -45,6 +48,22 @@ class LoadedProcessor:
         tokenizer = self.processor.tokenizer
         vocab = tokenizer.get_vocab()
         return {vocab[token] for token in self.family.media_tokens if token in vocab}
+
+    @cached_property
+    def _frame_start_ids(self) -> list[int]:
+        return self.processor.tokenizer.convert_tokens_to_ids(list(self.family.frame_start))
+
+    @cached_property
+    def _frame_timestamp(self) -> re.Pattern | None:
+        return re.compile(self.family.frame_timestamp) if self.family.frame_timestamp else None
+
+    def media_mask(self, input_ids: np.ndarray) -> np.ndarray:
+        """True on the tokens of a row that stand for media (see `labels.media_mask`)."""
+        tokenizer = self.processor.tokenizer
+        return media_mask(
+            input_ids, self.media_token_ids, self._frame_start_ids, self._frame_timestamp,
+            lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
+        )
 
 
 def resolve_checkpoint(model: str, loading: str = "the model") -> str:

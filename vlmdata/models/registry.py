@@ -38,6 +38,9 @@ class Family:
             into, and their delimiters). Their labels are always -100: the model never predicts them.
         model_inputs: What the model's forward needs besides `input_ids` and `attention_mask`, as the
             processor names it.
+        frame_start: The tokens that open each video frame, where the processor writes a timestamp as text
+            before every frame (Qwen3-VL's "<1.5 seconds>"); empty for the others.
+        frame_timestamp: A regular expression that timestamp text fully matches. It is media, never trained.
     """
 
     alias: str
@@ -47,6 +50,8 @@ class Family:
     model_types: tuple[str, ...]
     media_tokens: tuple[str, ...]
     model_inputs: tuple[str, ...]
+    frame_start: tuple[str, ...] = ()
+    frame_timestamp: str | None = None
 
 
 GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<image_soft_token>", "<end_of_image>")
