@@ -57,6 +57,9 @@ class Family:
 GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<image_soft_token>", "<end_of_image>")
 GEMMA3N_AUDIO_TOKENS = ("<start_of_audio>", "<audio_soft_token>", "<end_of_audio>")
 QWEN2_VL_MEDIA_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|video_pad|>", "<|vision_end|>")
+# Qwen3-VL's processor writes "<1.5 seconds>" before each video frame (a pair of sampled frames).
+QWEN3_FRAME_START = ("<|vision_start|>", "<|video_pad|>")
+QWEN3_FRAME_TIMESTAMP = r"<\d+(\.\d+)? seconds>"
 MISTRAL_IMAGE_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
 LLAMA4_IMAGE_TOKENS = (
     "<|image_start|>",
@@ -115,6 +118,8 @@ _FAMILIES = (
         model_types=("qwen3_vl", "qwen3_vl_moe"),
         media_tokens=QWEN2_VL_MEDIA_TOKENS,
         model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
+        frame_start=QWEN3_FRAME_START,
+        frame_timestamp=QWEN3_FRAME_TIMESTAMP,
     ),
     Family(
         alias="qwen3_5",
@@ -124,6 +129,8 @@ _FAMILIES = (
         model_types=("qwen3_5", "qwen3_5_moe"),
         media_tokens=QWEN2_VL_MEDIA_TOKENS,
         model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
+        frame_start=QWEN3_FRAME_START,
+        frame_timestamp=QWEN3_FRAME_TIMESTAMP,
     ),
     Family(
         alias="llava",
