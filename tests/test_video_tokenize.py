@@ -1,6 +1,6 @@
-"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 shards hold each frame once as uint8 codes and
-rebuild the processor's own tensors bit for bit; families without video refuse them or take their frames as
-images; a forward pass on collated video shards equals the one on the processor's batch."""
+"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 shards hold each frame once
+as uint8 codes and rebuild the processor's own tensors bit for bit; families without video refuse them or take
+their frames as images; a forward pass on collated video shards equals the one on the processor's batch."""
 
 from __future__ import annotations
 
