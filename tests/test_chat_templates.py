@@ -109,6 +109,15 @@ THINKING_CONVERSATIONS = {
         assistant("Six."),
     ],
 }
+TOOL_CONVERSATIONS = {
+    "tool_results": [
+        user(text("Weather?")),
+        assistant("Let me check."),
+        {"role": "tool", "content": [text("Sunny")]},
+        {"role": "tool", "content": "Warm"},
+        assistant("Sunny and warm."),
+    ],
+}
 VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5")
 # Qwen3.5 opens each reply after the last user turn with a think block, empty when the reply has no reasoning.
 THINK_BLOCK = {"qwen3_5": "<think>\n\n</think>\n\n"}
@@ -122,6 +131,7 @@ def conversations_for(name):
         conversations.update(VIDEO_CONVERSATIONS)
     if name in ("qwen3_vl", "qwen3_5"):
         conversations.update(THINKING_CONVERSATIONS)
+        conversations.update(TOOL_CONVERSATIONS)
     return conversations
 
 
