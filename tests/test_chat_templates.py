@@ -26,6 +26,8 @@ ASSISTANT_SPAN = {
     "gemma3n": lambda text: text.strip() + "<end_of_turn>",
     "gemma4": lambda text: text.strip() + "<turn|>",
     "qwen2_vl": lambda text: text + "<|im_end|>",
+    "qwen3_vl": lambda text: text + "<|im_end|>",
+    "qwen3_5": lambda text: text.strip() + "<|im_end|>",
     "llava": lambda text: text + " ",  # LLaVA 1.5 ends a reply with a space, not a token
     "llama3_2_vision": lambda text: text + "<|eot_id|>",
     "llama4": lambda text: text + "<|eot|>",
@@ -89,7 +91,17 @@ AUDIO_CONVERSATIONS = {
 }
 
 VIDEO_CONVERSATIONS = {
-    "video": [user(VIDEO, text("What happens?")), assistant("A ball rolls.")],
+    "video": [user(VIDEO, text("What happens?")), assistant("It spins.")],
+    "video_and_images": [
+        system("Be brief."),
+        user(IMAGE, text("This first.")),
+        assistant("A cat."),
+        user(VIDEO, IMAGE, text("Now these.")),
+        assistant("It runs; a dog."),
+    ],
+}
+# Every kind Gemma 4 takes, in one conversation.
+MIXED_MEDIA_CONVERSATIONS = {
     "video_image_and_audio": [
         system("Be brief."),
         user(text("Watch"), VIDEO, IMAGE),
@@ -98,12 +110,42 @@ VIDEO_CONVERSATIONS = {
         assistant("Heard."),
     ],
 }
-# The kinds of media each template takes besides images.
-MORE_MEDIA = {"gemma3n": AUDIO_CONVERSATIONS, "gemma4": {**AUDIO_CONVERSATIONS, **VIDEO_CONVERSATIONS}}
+# Replies that carry their reasoning before `</think>`, as reasoning datasets store them.
+THINKING_CONVERSATIONS = {
+    "thinking_last_reply": [user(text("2+2?")), assistant("<think>\nAdd them.\n</think>\n\nFour.")],
+    "thinking_earlier_reply": [
+        user(text("2+2?")),
+        assistant("<think>Add them.</think>Four."),
+        user(text("And 3+3?")),
+        assistant("Six."),
+    ],
+}
+TOOL_CONVERSATIONS = {
+    "tool_results": [
+        user(text("Weather?")),
+        assistant("Let me check."),
+        {"role": "tool", "content": [text("Sunny")]},
+        {"role": "tool", "content": "Warm"},
+        assistant("Sunny and warm."),
+    ],
+}
+VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5", "gemma4")
+# Qwen3.5 opens each reply after the last user turn with a think block, empty when the reply has no reasoning.
+THINK_BLOCK = {"qwen3_5": "<think>\n\n</think>\n\n"}
 
 
 def conversations_for(name):
-    return {**CONVERSATIONS, **MORE_MEDIA.get(name, {})}
+    conversations = dict(CONVERSATIONS)
+    if name in ("gemma3n", "gemma4"):
+        conversations.update(AUDIO_CONVERSATIONS)
+    if name in VIDEO_TEMPLATES:
+        conversations.update(VIDEO_CONVERSATIONS)
+    if name == "gemma4":
+        conversations.update(MIXED_MEDIA_CONVERSATIONS)
+    if name in ("qwen3_vl", "qwen3_5"):
+        conversations.update(THINKING_CONVERSATIONS)
+        conversations.update(TOOL_CONVERSATIONS)
+    return conversations
 
 
 def official_input(name, conversation):
@@ -148,11 +190,19 @@ def generated_spans(template, conversation):
 
 
 def expected_spans(name, conversation):
-    replies = [m["content"] for m in conversation if m["role"] == "assistant"]
-    return [ASSISTANT_SPAN[name](r if isinstance(r, str) else r[0]["text"]) for r in replies]
+    last_user_turn = max(index for index, message in enumerate(conversation) if message["role"] == "user")
+    spans = []
+    for index, message in enumerate(conversation):
+        if message["role"] == "assistant":
+            reply = message["content"] if isinstance(message["content"], str) else message["content"][0]["text"]
+            think_block = THINK_BLOCK.get(name, "") if index > last_user_turn else ""
+            spans.append(think_block + ASSISTANT_SPAN[name](reply))
+    return spans
 
 
 CASES = [(name, key) for name in sorted(ASSISTANT_SPAN) for key in conversations_for(name)]
+# The thinking rows have their own expectations (test_qwen3_5_think_blocks).
+SPAN_CASES = [(name, key) for name, key in CASES if not (name == "qwen3_5" and key in THINKING_CONVERSATIONS)]
 
 
 def test_every_packaged_template_has_an_official_reference():
@@ -170,7 +220,7 @@ def test_renders_like_the_official_template(name, key, add_generation_prompt):
     assert render(ours, conversation, add_generation_prompt=add_generation_prompt) == expected
 
 
-@pytest.mark.parametrize(("name", "key"), CASES)
+@pytest.mark.parametrize(("name", "key"), SPAN_CASES)
 def test_generation_marks_exactly_the_replies(name, key):
     conversation = conversations_for(name)[key]
     ours = load_template(name)
@@ -202,6 +252,40 @@ def test_qwen2_vl_numbers_images_across_the_conversation():
     ours = render(load_template("qwen2_vl"), conversation, add_vision_id=True)
     assert ours == render(official, conversation, add_vision_id=True)
     assert "Picture 2: " in ours
+
+
+@pytest.mark.parametrize("name", ["qwen3_vl", "qwen3_5"])
+def test_qwen3_numbers_images_and_videos_across_the_conversation(name):
+    conversation = VIDEO_CONVERSATIONS["video_and_images"]
+    official = (OFFICIAL / f"{name}.jinja").read_text(encoding="utf-8")
+    ours = render(load_template(name), conversation, add_vision_id=True)
+    assert ours == render(official, conversation, add_vision_id=True)
+    assert "Picture 2: " in ours and "Video 1: " in ours
+
+
+def test_qwen3_5_think_blocks():
+    # The last reply keeps its reasoning in a think block; an earlier reply loses it, and the reply after the
+    # last user turn gets an empty block.
+    _, last = generated_spans(load_template("qwen3_5"), THINKING_CONVERSATIONS["thinking_last_reply"])
+    assert last == ["<think>\nAdd them.\n</think>\n\nFour.<|im_end|>"]
+    _, earlier = generated_spans(load_template("qwen3_5"), THINKING_CONVERSATIONS["thinking_earlier_reply"])
+    assert earlier == ["Four.<|im_end|>", "<think>\n\n</think>\n\nSix.<|im_end|>"]
+
+
+@pytest.mark.parametrize("enable_thinking", [True, False])
+def test_qwen3_5_generation_prompt_opens_a_think_block(enable_thinking):
+    conversation = CONVERSATIONS["open_question"]
+    official = (OFFICIAL / "qwen3_5.jinja").read_text(encoding="utf-8")
+    ours = render(load_template("qwen3_5"), conversation, add_generation_prompt=True, enable_thinking=enable_thinking)
+    assert ours == render(official, conversation, add_generation_prompt=True, enable_thinking=enable_thinking)
+
+
+@pytest.mark.parametrize("name", ["qwen3_vl", "qwen3_5"])
+def test_qwen3_templates_agree_on_unusual_conversations(name):
+    # Qwen3.5 refuses a conversation without a user turn and a late system message; Qwen3-VL drops the latter.
+    official = (OFFICIAL / f"{name}.jinja").read_text(encoding="utf-8")
+    for conversation in ([system("S"), assistant("Hi")], [user(text("Hi")), system("Late"), assistant("Ok")]):
+        assert render(load_template(name), conversation) == render(official, conversation)
 
 
 def test_replies_made_of_several_text_parts_are_kept_whole():
@@ -240,8 +324,8 @@ CONTROL_TOKENS = [
     BOS, EOS, "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<image_soft_token>", "<audio_soft_token>",
     "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<image>",
     "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>", "<|header_start|>", "<|header_end|>",
-    "<|eot|>", "[INST]", "[/INST]", "[IMG]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<|turn>", "<turn|>",
-    "<|audio|>", "<|video|>", "<|channel>", "<channel|>", "<|think|>",
+    "<|eot|>", "<|video_pad|>", "[INST]", "[/INST]", "[IMG]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<|turn>",
+    "<turn|>", "<|audio|>", "<|video|>", "<|channel>", "<channel|>", "<|think|>",
 ]  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from vlmdata.processor_call import PLAIN_CALL
 from vlmdata.shards import TensorLayout, decode_codes, encode_tensors, load_shards, model_inputs, probe_layout, read_layout
 from vlmdata.tokenize import tokenize
 
-QWEN = ["qwen2_vl", "qwen2_5_vl"]
+QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
 
 
 @pytest.mark.parametrize("alias", QWEN)

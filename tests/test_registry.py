@@ -15,7 +15,8 @@ from vlmdata.errors import FatalError
 from vlmdata.models import FAMILIES, family_for_config, family_for_model_type, get_family, load_template
 from vlmdata.models.loading import load_processor
 
-ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "llava", "mllama", "pixtral", "mistral3", "llama4", "gemma4"]
+ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava", "mllama", "pixtral", "mistral3",
+           "llama4", "gemma4"]
 
 
 def test_every_documented_alias_is_known():
@@ -29,6 +30,8 @@ def test_every_documented_alias_is_known():
         ("gemma3n", "google/gemma-3n-E2B-it", "gemma3n"),
         ("qwen2_vl", "Qwen/Qwen2-VL-7B-Instruct", "qwen2_vl"),
         ("qwen2_5_vl", "Qwen/Qwen2.5-VL-7B-Instruct", "qwen2_vl"),
+        ("qwen3_vl", "Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl"),
+        ("qwen3_5", "Qwen/Qwen3.5-9B", "qwen3_5"),
         ("llava", "llava-hf/llava-1.5-7b-hf", "llava"),
         ("mllama", "meta-llama/Llama-3.2-11B-Vision-Instruct", "llama3_2_vision"),
         ("pixtral", "mistralai/Pixtral-12B-2409", "pixtral"),
@@ -99,6 +102,10 @@ def test_unknown_alias_is_fatal_and_lists_the_known_ones():
         ("gemma3n", "gemma3n"),
         ("qwen2_vl", "qwen2_vl"),
         ("qwen2_5_vl", "qwen2_5_vl"),
+        ("qwen3_vl", "qwen3_vl"),
+        ("qwen3_vl_moe", "qwen3_vl"),
+        ("qwen3_5", "qwen3_5"),
+        ("qwen3_5_moe", "qwen3_5"),
         ("llava", "llava"),
         ("mllama", "mllama"),
         ("mistral3", "mistral3"),

@@ -33,6 +33,8 @@ EXPECTED_CLASSES = {  # alias: (processor, model)
     "gemma3n": ("Gemma3nProcessor", "Gemma3nForConditionalGeneration"),
     "qwen2_vl": ("Qwen2VLProcessor", "Qwen2VLForConditionalGeneration"),
     "qwen2_5_vl": ("Qwen2_5_VLProcessor", "Qwen2_5_VLForConditionalGeneration"),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen3VLForConditionalGeneration"),
+    "qwen3_5": ("Qwen3VLProcessor", "Qwen3_5ForConditionalGeneration"),
     "llava": ("LlavaProcessor", "LlavaForConditionalGeneration"),
     "mllama": ("MllamaProcessor", "MllamaForConditionalGeneration"),
     "pixtral": ("PixtralProcessor", "LlavaForConditionalGeneration"),
@@ -47,6 +49,8 @@ MODEL_IMAGE_TOKEN = {
     "gemma3n": "<image_soft_token>",
     "qwen2_vl": "<|image_pad|>",
     "qwen2_5_vl": "<|image_pad|>",
+    "qwen3_vl": "<|image_pad|>",
+    "qwen3_5": "<|image_pad|>",
     "llava": "<image>",
     "mllama": "<|image|>",
     "pixtral": "[IMG]",
@@ -65,6 +69,8 @@ ORDINARY_TEXT = [
 # Control tokens as the official templates write them: <start_of_turn>, <|im_start|>, [INST], <image>, and
 # Gemma 4's half-open <|turn> ... <turn|>.
 CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>|<\|?[a-z_]+\|?>|\[/?[A-Z_]+\]")
+# Tags the templates write as ordinary text: Qwen's vocabulary has no "<tools>" token.
+PLAIN_TEXT_TAGS = {"<tools>"}
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +122,7 @@ def expected_image_tokens(alias: str, config, inputs) -> int:
         return config.mm_tokens_per_image * len(inputs["pixel_values"])
     if alias == "gemma3n":
         return config.vision_soft_tokens_per_image * len(inputs["pixel_values"])
-    if alias in ("qwen2_vl", "qwen2_5_vl"):
+    if alias in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"):
         return int(inputs["image_grid_thw"].prod(-1).sum()) // vision.spatial_merge_size**2
     if alias == "llava":
         return (vision.image_size // vision.patch_size) ** 2 * len(inputs["pixel_values"])
@@ -181,7 +187,7 @@ def test_ordinary_text_has_no_unknown_tokens(alias, load):
 @pytest.mark.parametrize("alias", FAMILIES)
 def test_template_control_tokens_are_single_special_ids(alias, load):
     tokenizer = load(alias)[0].tokenizer
-    control = set(CONTROL_TOKEN.findall(builder.read_chat_template(alias)))
+    control = set(CONTROL_TOKEN.findall(builder.read_chat_template(alias))) - PLAIN_TEXT_TAGS
     control |= {token for token in (tokenizer.bos_token, tokenizer.eos_token) if token}
     assert control
     for token in sorted(control):
@@ -317,3 +323,18 @@ def test_unknown_family_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown families"):
         builder.build(tmp_path, ["gpt2"])
 
+
+
+def test_qwen3_5_mixes_linear_and_full_attention(load):
+    _, model = load("qwen3_5")
+    assert model.config.text_config.layer_types == ["linear_attention", "full_attention"]
+    layers = model.model.language_model.layers
+    assert [type(layer.linear_attn).__name__ for layer in layers[:1]] == ["Qwen3_5GatedDeltaNet"]
+    assert not hasattr(layers[1], "linear_attn")
+
+
+@pytest.mark.parametrize("alias", ["qwen3_vl", "qwen3_5"])
+def test_no_parameter_is_left_at_zero(alias, load):
+    # Zero-initialised gates and projections would make logit comparisons pass whatever the inputs.
+    _, model = load(alias)
+    assert [name for name, parameter in model.named_parameters() if not parameter.any()] == []

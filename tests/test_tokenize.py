@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from tests.tokenize_fixtures import END_OF_TURN, FAMILIES, REPLIES, normalised, tiny_model
+from tests.tokenize_fixtures import END_OF_TURN, FAMILIES, LAST_REPLY_OPENING, REPLIES, normalised, tiny_model
 from vlmdata.cli import cli
 from vlmdata.errors import FatalError
 from vlmdata.models.registry import DEFAULT_TEMPLATE_DATE, get_family
@@ -91,11 +91,12 @@ def test_labels_train_on_assistant_and_last(alias, data_dir, tmp_path):
     end = END_OF_TURN[alias]
     every = _trained_runs(_shard_rows(tmp_path / "assistant")["two-turns"], tokenizer)
     last = _trained_runs(_shard_rows(tmp_path / "last")["two-turns"], tokenizer)
-    assert [run.strip() for run in every] == [(reply + end).strip() for reply in REPLIES]
-    assert [run.strip() for run in last] == [(REPLIES[-1] + end).strip()]
+    last_reply = LAST_REPLY_OPENING.get(alias, "") + REPLIES[-1] + end
+    assert [run.strip() for run in every] == [(REPLIES[0] + end).strip(), last_reply.strip()]
+    assert [run.strip() for run in last] == [last_reply.strip()]
 
 
-@pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl", "llava"])
+@pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl", "llava", "qwen3_5"])
 def test_labels_train_on_all_skips_only_media(alias, data_dir, tmp_path):
     loaded = AutoProcessor.from_pretrained(tiny_model(alias))
     _tokenize(data_dir, tmp_path / "all", alias, train_on="all")

@@ -24,7 +24,8 @@ from vlmdata.errors import FatalError
 from vlmdata.shards import load_shards, read_layout
 from vlmdata.tokenize import tokenize
 from vlmdata.train import AdapterOptions, ShardCollator, TrainOptions, train
-from vlmdata.train.model import DEFAULT_LORA_TARGETS, vision_modules
+from vlmdata.recipe.checks import lora_target_modules
+from vlmdata.train.model import DEFAULT_LORA_TARGETS, lora_targets, vision_modules
 
 # The tiny models' heads are random at a 0.02 scale behind a frozen final norm, which bounds the logits LoRA on
 # the projections alone can reach; adapting the head too lets a few rows be learnt by heart in a few steps.
@@ -213,3 +214,20 @@ def test_gemma4_adapts_only_its_language_model_by_both_forms_of_targets():
                                                        "down_proj"]))
     assert default == listed and len(default) == 7 * model.config.text_config.num_hidden_layers
     assert all(name.startswith("model.language_model.layers.") for name in default)
+
+
+@pytest.mark.parametrize("alias", ["qwen3_vl", "qwen3_5"])
+def test_default_targets_put_lora_on_every_qwen3_layer_and_axolotls_list_finds_the_same(alias):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias))
+    targets = lora_targets(model, DEFAULT_LORA_TARGETS)
+    assert vision_modules(model) == ["model.visual"] and not any(".visual." in name for name in targets)
+    layers = model.config.text_config.num_hidden_layers
+    assert {name.split(".layers.")[1].split(".")[0] for name in targets} == {str(index) for index in range(layers)}
+    mixers = {name.rsplit(".", 1)[-1] for name in targets if ".self_attn." in name or ".linear_attn." in name}
+    expected = {"q_proj", "k_proj", "v_proj", "o_proj"}
+    if alias == "qwen3_5":  # layer 0 is a gated delta-net, layer 1 full attention
+        expected |= {"in_proj_qkv", "in_proj_z", "out_proj"}
+    assert mixers == expected
+    listed = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj_qkv", "in_proj_z",
+              "out_proj"]
+    assert lora_targets(model, lora_target_modules(listed)) == targets

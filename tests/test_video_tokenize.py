@@ -1,6 +1,6 @@
-"""Videos through tokenize and train: Qwen2-VL and Qwen2.5-VL shards hold each frame once as uint8 codes and
-rebuild the processor's own tensors bit for bit; families without video refuse them or take their frames as
-images; a forward pass on collated video shards equals the one on the processor's batch."""
+"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 shards hold each frame once
+as uint8 codes and rebuild the processor's own tensors bit for bit; families without video refuse them or take
+their frames as images; a forward pass on collated video shards equals the one on the processor's batch."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from vlmdata.shards import load_shards, model_inputs, read_layout
 from vlmdata.tokenize import tokenize
 from vlmdata.train.collator import PixelDecoding, ShardCollator
 
-QWEN = ["qwen2_vl", "qwen2_5_vl"]
+QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
 FPS = 10.0
 
 
@@ -140,23 +140,26 @@ def oracle_outputs(processor, row: dict, template: str) -> dict:
 @pytest.mark.parametrize("alias", QWEN)
 def test_video_shards_store_codes_and_rebuild_the_processor_output_bit_for_bit(alias, video_data, video_shards):
     out = video_shards(alias)
+    loaded = load_processor(str(tiny_model(alias)))
+    processor = loaded.processor
+    video_processor = processor.video_processor
+    patch = 3 * video_processor.temporal_patch_size * video_processor.patch_size**2
     layout = read_layout(out)
     specs = {spec.name: spec for spec in layout.tensors}
     videos = specs["pixel_values_videos"]
-    assert videos.stored_dtype == "uint8" and not videos.pixels.folded and videos.stored_tail == (1176,)
+    assert videos.stored_dtype == "uint8" and not videos.pixels.folded and videos.stored_tail == (patch,)
     assert specs["pixel_values"].pixels.folded  # still images still fold
     saved = json.loads((out / "vlmdata.json").read_text())
     assert saved["pixel_storage"]["pixel_values_videos"] == "uint8 codes + rescale/normalise table"
 
-    processor = load_processor(str(tiny_model(alias))).processor
-    template = load_template("qwen2_vl")
+    template = load_template(loaded.family.template_name)
     shards = {row["id"]: row for row in load_shards(out)}
     for row in datasets.load_from_disk(str(video_data)):
         stored = shards[row["id"]]
         expected = oracle_outputs(processor, row, template)
         patches = expected["pixel_values_videos"].shape[0]
         assert stored["pixel_values_videos"].dtype == np.uint8
-        assert stored["pixel_values_videos"].shape == (patches, 1176)  # every frame once, nothing in float32
+        assert stored["pixel_values_videos"].shape == (patches, patch)  # every frame once, nothing in float32
         assert len(stored["pixel_values_videos_float"]) == 0
         if alias == "qwen2_5_vl":
             assert "second_per_grid_ts" in expected
@@ -232,8 +235,8 @@ def test_a_family_without_video_names_it_and_takes_frames_as_images_when_asked(v
 def test_forward_on_collated_video_shards_equals_the_processor_batch(alias, video_data, video_shards):
     out = video_shards(alias)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias)).eval()
-    processor = load_processor(str(tiny_model(alias))).processor
-    template = load_template("qwen2_vl")
+    loaded = load_processor(str(tiny_model(alias)))
+    processor, template = loaded.processor, load_template(loaded.family.template_name)
     rows = {row["id"]: row for row in load_shards(out)}
     for row in datasets.load_from_disk(str(video_data)):
         batch = ShardCollator(read_layout(out), pad_token_id=0)([rows[row["id"]]])
@@ -357,3 +360,17 @@ def test_gemma4_frame_timestamps_are_never_trained(video_data, tmp_path):
         assert re.search(r"\d\d:\d\d", trained) is None and "<|image>" not in trained, row["id"]
         assert len(re.findall(r"\d\d:\d\d <\|image>", masked)) == frames > 0, row["id"]
         assert "<|turn>user" in trained and "A square moves right." in trained, row["id"]
+
+
+@pytest.mark.parametrize("alias", ["qwen3_vl", "qwen3_5"])
+def test_frame_timestamps_are_never_trained_even_with_train_on_all(alias, video_data, tmp_path):
+    out = tmp_path / "shards"
+    tokenize(video_data, out, model=str(tiny_model(alias)), train_on="all", progress=False)
+    tokenizer = load_processor(str(tiny_model(alias))).processor.tokenizer
+    for row in load_shards(out):
+        ids, labels = row["input_ids"], row["labels"]
+        frame_pairs = int(model_inputs(row, read_layout(out))["video_grid_thw"][:, 0].sum())
+        assert tokenizer.decode(ids).count(" seconds>") == frame_pairs > 0
+        trained = tokenizer.decode(ids[labels != -100])
+        assert "seconds" not in trained
+        assert "<|im_start|>user" in trained and "A square moves right." in trained  # all but the media

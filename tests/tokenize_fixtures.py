@@ -19,13 +19,18 @@ from vlmdata.convert import convert  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # Families tokenized end to end: the oracle, labels and a forward pass are checked for each.
-FAMILIES = ["gemma3", "qwen2_vl", "llava", "qwen2_5_vl", "mllama", "pixtral", "mistral3", "llama4", "gemma3n", "gemma4"]
+FAMILIES = [
+    "gemma3", "qwen2_vl", "llava", "qwen2_5_vl", "mllama", "pixtral", "mistral3", "llama4", "gemma3n", "qwen3_vl",
+    "qwen3_5", "gemma4",
+]
 # What ends an assistant turn in each family's official format (trained together with the reply).
 END_OF_TURN = {
     "gemma3": "<end_of_turn>",
     "gemma3n": "<end_of_turn>",
     "qwen2_vl": "<|im_end|>",
     "qwen2_5_vl": "<|im_end|>",
+    "qwen3_vl": "<|im_end|>",
+    "qwen3_5": "<|im_end|>",
     "llava": "",
     "mllama": "<|eot_id|>",
     "pixtral": "</s>",
@@ -33,6 +38,8 @@ END_OF_TURN = {
     "llama4": "<|eot|>",
     "gemma4": "<turn|>",
 }
+# What opens the replies after the last user turn: Qwen3.5 writes an empty think block, trained with the reply.
+LAST_REPLY_OPENING = {"qwen3_5": "<think>\n\n</think>\n\n"}
 REPLIES = ["A red square on a pale background.", "It is drawn with straight edges."]
 
 

@@ -59,6 +59,9 @@ GEMMA3N_AUDIO_TOKENS = ("<start_of_audio>", "<audio_soft_token>", "<end_of_audio
 # Gemma 4 opens and closes every image and every video frame with <|image> and <image|>.
 GEMMA4_MEDIA_TOKENS = ("<|image>", "<|image|>", "<|video|>", "<image|>", "<|audio>", "<|audio|>", "<audio|>")
 QWEN2_VL_MEDIA_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|video_pad|>", "<|vision_end|>")
+# Qwen3-VL's processor writes "<1.5 seconds>" before each video frame (a pair of sampled frames).
+QWEN3_FRAME_START = ("<|vision_start|>", "<|video_pad|>")
+QWEN3_FRAME_TIMESTAMP = r"<\d+(\.\d+)? seconds>"
 MISTRAL_IMAGE_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
 LLAMA4_IMAGE_TOKENS = (
     "<|image_start|>",
@@ -125,6 +128,28 @@ _FAMILIES = (
             "pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts",
             "mm_token_type_ids",
         ),
+    ),
+    Family(
+        alias="qwen3_vl",
+        default_checkpoint="Qwen/Qwen3-VL-8B-Instruct",
+        template_name="qwen3_vl",
+        modalities=("image", "video"),
+        model_types=("qwen3_vl", "qwen3_vl_moe"),
+        media_tokens=QWEN2_VL_MEDIA_TOKENS,
+        model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
+        frame_start=QWEN3_FRAME_START,
+        frame_timestamp=QWEN3_FRAME_TIMESTAMP,
+    ),
+    Family(
+        alias="qwen3_5",
+        default_checkpoint="Qwen/Qwen3.5-9B",
+        template_name="qwen3_5",
+        modalities=("image", "video"),
+        model_types=("qwen3_5", "qwen3_5_moe"),
+        media_tokens=QWEN2_VL_MEDIA_TOKENS,
+        model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
+        frame_start=QWEN3_FRAME_START,
+        frame_timestamp=QWEN3_FRAME_TIMESTAMP,
     ),
     Family(
         alias="llava",
