@@ -62,6 +62,8 @@ QWEN2_VL_MEDIA_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|video_pad|>", "
 # Qwen3-VL's processor writes "<1.5 seconds>" before each video frame (a pair of sampled frames).
 QWEN3_FRAME_START = ("<|vision_start|>", "<|video_pad|>")
 QWEN3_FRAME_TIMESTAMP = r"<\d+(\.\d+)? seconds>"
+# Qwen3-VL and Qwen3.5 share the processor, so the same tensors reach their forward.
+QWEN3_MODEL_INPUTS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids")
 MISTRAL_IMAGE_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
 LLAMA4_IMAGE_TOKENS = (
     "<|image_start|>",
@@ -136,7 +138,7 @@ _FAMILIES = (
         modalities=("image", "video"),
         model_types=("qwen3_vl", "qwen3_vl_moe"),
         media_tokens=QWEN2_VL_MEDIA_TOKENS,
-        model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
+        model_inputs=QWEN3_MODEL_INPUTS,
         frame_start=QWEN3_FRAME_START,
         frame_timestamp=QWEN3_FRAME_TIMESTAMP,
     ),
@@ -147,7 +149,7 @@ _FAMILIES = (
         modalities=("image", "video"),
         model_types=("qwen3_5", "qwen3_5_moe"),
         media_tokens=QWEN2_VL_MEDIA_TOKENS,
-        model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
+        model_inputs=QWEN3_MODEL_INPUTS,
         frame_start=QWEN3_FRAME_START,
         frame_timestamp=QWEN3_FRAME_TIMESTAMP,
     ),
