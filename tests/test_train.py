@@ -201,9 +201,6 @@ def _free_port() -> int:
 
 
 def test_gemma4_adapts_only_its_language_model_by_both_forms_of_targets():
-    from vlmdata.recipe.checks import lora_target_modules
-    from vlmdata.train.model import lora_targets
-
     model = AutoModelForImageTextToText.from_pretrained(tiny_model("gemma4"))
     towers = ["model.vision_tower", "model.audio_tower", "model.embed_vision", "model.embed_audio"]
     assert vision_modules(model) == towers
