@@ -288,7 +288,7 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
 @click.option("--train-vision", is_flag=True, help="Also train the vision tower and projector.")
 @click.option("--epochs", default=TRAIN_DEFAULTS["epochs"], type=click.FloatRange(min=0, min_open=True), help="Passes over the shards.")
 @click.option("--max-steps", default=TRAIN_DEFAULTS["max_steps"], type=click.IntRange(min=1), help="Stop after this many optimizer steps (overrides --epochs).")
-@click.option("--learning-rate", default=TRAIN_DEFAULTS["learning_rate"], type=click.FloatRange(min=0, min_open=True), help="Peak learning rate.")
+@click.option("--learning-rate", default=TRAIN_DEFAULTS["learning_rate"], type=click.FloatRange(min=0), help="Peak learning rate (0 measures the loss and changes nothing).")
 @click.option("--lr-scheduler", default=TRAIN_DEFAULTS["lr_scheduler"], type=click.Choice(SCHEDULERS), help="Learning rate schedule.")
 @click.option("--warmup-steps", default=TRAIN_DEFAULTS["warmup_steps"], type=click.IntRange(min=0), help="Steps of linear warm-up.")
 @click.option("--batch-size", default=TRAIN_DEFAULTS["batch_size"], type=click.IntRange(min=1), help="Rows per device per step.")
@@ -303,6 +303,10 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
 @click.option("--logging-steps", default=TRAIN_DEFAULTS["logging_steps"], type=click.IntRange(min=1), help="Log the loss every N steps.")
 @click.option("--load-in-4bit", is_flag=True, help="QLoRA: load the base model in 4 bits (CUDA and bitsandbytes).")
 @click.option("--load-in-8bit", is_flag=True, help="Load the base model in 8 bits (CUDA and bitsandbytes).")
+@click.option("--packing", is_flag=True, help="Pack several rows into each sequence, each trained as if alone.")
+@click.option("--pack-length", default=TRAIN_DEFAULTS["pack_length"], type=click.IntRange(min=1), help="Tokens per packed sequence [default: the shards' --max-length, else 4096].")
+@click.option("--pack-media-budget", default=TRAIN_DEFAULTS["pack_media_budget"], type=click.IntRange(min=1), help="The most image, video and audio tokens a pack holds [default: no limit].")
+@click.option("--pack-window", default=TRAIN_DEFAULTS["pack_window"], type=click.IntRange(min=1), help="Rows placed together when planning packs.")
 @click.option("--num-workers", default=TRAIN_DEFAULTS["num_workers"], type=click.IntRange(min=0), help="Data loader worker processes.")
 @click.option("--log-rows", is_flag=True, help="Write the ids of the rows each process trained on to rows-rank<N>.txt.")
 @click.option("--report-to", default=TRAIN_DEFAULTS["report_to"], type=click.Choice(REPORTERS),
@@ -321,6 +325,7 @@ def train(**options) -> None:
     \b
     Examples:
       vlmdata train out/shards -o out/lora --max-steps 1000 --batch-size 4
+      vlmdata train out/shards -o out/lora --packing --pack-length 4096
       vlmdata train out/shards -o out/lora --lora-target-modules 'model.language_model.layers.[\\d]+.(mlp|self_attn).(up|down|gate|q|k|v|o)_proj'
       torchrun --nproc_per_node 8 -m vlmdata.cli train out/shards -o out/lora --gradient-checkpointing
     """

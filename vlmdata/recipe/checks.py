@@ -87,17 +87,6 @@ def one_of(*choices: str) -> Check:
     return check
 
 
-def only_false(reason: str) -> Check:
-    """A check for a switch that can only be off; `reason` says why it cannot be on."""
-
-    def check(value: Any) -> bool:
-        if value is not False:
-            raise BadValue(f"only false: {reason}")
-        return value
-
-    return check
-
-
 def image_size(value: Any) -> str:
     """N (letterbox to N x N), WxH or [W, H] (exact) -> the `--image-size` text."""
     allowed = "a size in pixels: N, WxH or [W, H]"

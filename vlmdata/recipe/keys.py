@@ -3,7 +3,7 @@
 Each key has a check (`vlmdata.recipe.checks`) and the command options it fills ("train.lora_r" is the
 `--lora-r` option of `vlmdata train`). Keys that fill nothing are axolotl's and mean nothing more here:
 `processor_type` (always AutoProcessor), `skip_prepare_dataset` (the data is always prepared once, ahead of
-training), `remove_unused_columns` (training keeps every column the shards hold), `sample_packing` (false only)
+training), `remove_unused_columns` (training keeps every column the shards hold)
 and `strict` (unknown keys are always reported). The keys whose meaning spans several options (`datasets`,
 `adapter`, `train_on_inputs`, the output folders) become options in `vlmdata.recipe.options`.
 """
@@ -25,7 +25,6 @@ from vlmdata.recipe.checks import (
     lora_target_modules,
     number,
     one_of,
-    only_false,
     text,
     whole_number,
     yes_no,
@@ -87,7 +86,7 @@ _KEYS = (
     Key("dataset_prepared_path", text),
     Key("skip_prepare_dataset", yes_no),
     Key("remove_unused_columns", yes_no),
-    Key("sample_packing", only_false("multimodal packing is not implemented yet, so every row is one sequence")),
+    Key("sample_packing", yes_no, ("train.packing",)),
     Key("image_size", image_size, ("convert.image_size",)),
     Key("image_resize_algorithm", one_of(*RESIZE_ALGORITHMS), ("convert.resize_algorithm",)),
     Key("sequence_len", whole_number(minimum=1), ("tokenize.max_length",)),
@@ -105,7 +104,7 @@ _KEYS = (
     Key("gradient_accumulation_steps", whole_number(minimum=1), ("train.gradient_accumulation_steps",)),
     Key("num_epochs", number(minimum=0.0, above_minimum=True), ("train.epochs",)),
     Key("max_steps", whole_number(minimum=1), ("train.max_steps",)),
-    Key("learning_rate", number(minimum=0.0, above_minimum=True), ("train.learning_rate",)),
+    Key("learning_rate", number(minimum=0.0), ("train.learning_rate",)),
     Key("lr_scheduler", one_of(*SCHEDULERS), ("train.lr_scheduler",)),
     Key("warmup_steps", whole_number(minimum=0), ("train.warmup_steps",)),
     Key("bf16", bf16, ("train.bf16",)),

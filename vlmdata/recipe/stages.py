@@ -22,6 +22,7 @@ from typing import Any
 from vlmdata.media.options import MediaOptions, Resize
 from vlmdata.executors import openmp_threads_wait_passively
 from vlmdata.models.registry import DEFAULT_TEMPLATE_DATE
+from vlmdata.pack_plan import DEFAULT_WINDOW
 from vlmdata.readers import FORMATS
 from vlmdata.readers.options import ReaderOptions
 
@@ -96,6 +97,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
     "log_rows": False,
     "report_to": None,  # None: tensorboard when installed
+    "packing": False,
+    "pack_length": None,  # None: the shards' max_length, else 4096
+    "pack_media_budget": None,
+    "pack_window": DEFAULT_WINDOW,
     "resume": False,
     "resume_from": None,
     "overwrite": False,
@@ -220,6 +225,10 @@ def train_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
         num_workers=options["num_workers"],
         log_rows=options["log_rows"],
         report_to=options["report_to"],
+        packing=options["packing"],
+        pack_length=options["pack_length"],
+        pack_media_budget=options["pack_media_budget"],
+        pack_window=options["pack_window"],
     )
     return {
         "shards_source": options["shards"],
@@ -306,9 +315,18 @@ def train_summary_lines(summary) -> list[str]:
         ("loss", f"{summary.first_loss:.4f} at the first step, {summary.last_loss:.4f} at the last"
          if summary.first_loss is not None else "-"),
         ("eval loss", f"{summary.metrics['eval_loss']:.4f}" if "eval_loss" in summary.metrics else "-"),
+        *_packing_lines(summary.metrics),
         ("loss log", f"{out / 'loss.jsonl'} (curve: {out / 'loss.png'}, run log: {out / 'train.log'})"),
     ]
     return ["", f"Trained {summary.steps} steps -> {out}"] + [f"  {label:<12} {value}" for label, value in figures]
+
+
+def _packing_lines(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    if "packing_packs" not in metrics:
+        return []
+    return [("packing", f"{metrics['packing_packs']} packs of {metrics['packing_length']} tokens, "
+                        f"{metrics['packing_samples_per_pack']:.2f} samples each, {metrics['packing_fill_ratio']:.1%} full, "
+                        f"{metrics['packing_padding_fraction']:.1%} padding")]
 
 
 def _rejects_lines(summary, out: Path) -> list[str]:

@@ -21,8 +21,9 @@ class LossLog(TrainerCallback):
     instead of repeating its tail.
     """
 
-    def __init__(self, path: Path, resume_step: int | None = None):
+    def __init__(self, path: Path, resume_step: int | None = None, step_tokens=None):
         self.path = path
+        self.step_tokens = step_tokens  # a `StepTokens`: each loss record gets the label tokens it averaged
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step]
             path.write_text("".join(line + "\n" for line in kept))
@@ -30,11 +31,13 @@ class LossLog(TrainerCallback):
             path.write_text("")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
+        if not logs:
             return
         record = {"step": state.global_step, **{key: logs[key] for key in LOG_KEYS if key in logs}}
-        if "loss" not in record and "eval_loss" not in record:
-            return  # the end-of-training summary, kept in metrics.json
+        if "loss" in record and self.step_tokens is not None:
+            record["trained_tokens"] = self.step_tokens.take()  # taken on every process, so each count restarts
+        if not state.is_world_process_zero or ("loss" not in record and "eval_loss" not in record):
+            return  # the end-of-training summary is kept in metrics.json
         record["tokens_seen"] = state.num_input_tokens_seen
         with self.path.open("a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")

@@ -6,6 +6,9 @@ giving each rank its own rows. The output folder holds what `PeftModel.from_pret
 `AutoProcessor.from_pretrained(OUT)` load, the final metrics, the loss log (JSON lines) and its curve (PNG),
 the run's log as text (`train.log`) and, with tensorboard, its event files (`OUT/logs`); checkpoints go to
 `OUT/checkpoints` for `--resume`.
+
+With `packing`, several rows share each sequence (`vlmdata.pack_plan` decides which, `vlmdata.train.packing`
+builds them so that each sample trains as if alone): a batch holds `batch_size` packs.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from vlmdata.errors import FatalError
 from vlmdata.folders import METADATA_FILE
 from vlmdata.models.loading import resolve_checkpoint
 from vlmdata.models.registry import family_for_config
+from vlmdata.pack_plan import DEFAULT_WINDOW, PackOptions, PackPlan
 from vlmdata.train.callbacks import LossLog, ProgressBar, RowLog, TextLog
 from vlmdata.train.collator import PixelDecoding, ShardCollator
 from vlmdata.train.data import ArrowRows, Shards, open_shards, split_eval
 from vlmdata.train.model import (AdapterOptions, count_parameters, known_notices_silenced, load_model, prepare,
                                  require_dependencies)
+from vlmdata.train.packing import PackedRows, check_packable, packing_collator, plan_rows
+from vlmdata.train.trainer import CountingTrainer, StepTokens
 from vlmdata.train.options import REPORTERS, SCHEDULERS
 from vlmdata.train.plot import plot_loss
 from vlmdata.versions import library_versions
@@ -62,6 +68,10 @@ class TrainOptions:
     num_workers: int = 0
     log_rows: bool = False
     report_to: str | None = None  # "none", "tensorboard" or "all" (every integration installed); None: tensorboard when installed
+    packing: bool = False
+    pack_length: int | None = None  # None: the shards' --max-length, else 4096
+    pack_media_budget: int | None = None  # the most media tokens a pack holds; None: no limit
+    pack_window: int = DEFAULT_WINDOW
 
 
 @dataclass
@@ -105,14 +115,16 @@ def train(
         >>> summary.last_loss < summary.first_loss  # doctest: +SKIP
         True
     """
-    from transformers import AutoProcessor, Trainer, set_seed
+    from transformers import AutoProcessor, set_seed
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     out = Path(out_dir)
     # Everything that can refuse the run does so before `--overwrite` removes the previous output.
     shards = open_shards(shards_source)
     checkpoint = _checkpoint(model, shards)
-    require_dependencies(shards.metadata["model"].get("family"), options.quantization)
+    family = shards.metadata["model"].get("family")
+    require_dependencies(family, options.quantization)
+    pack_options = _pack_options(options, shards, checkpoint, family) if options.packing else None
     bf16 = _bf16(options.bf16)
     args = _training_arguments(out, options, bf16, _reporters(options.report_to))
     resume_from = _prepare_output(out, resume, overwrite)
@@ -127,24 +139,38 @@ def train(
     # Pixel codes travel to the model's device as uint8, a quarter of the floats' bytes, and become the
     # processor's floats there: on a GPU that takes microseconds, where the data loader would spend most of
     # its time writing floats.
-    collator = ShardCollator(shards.layout, _pad_token_id(processor), float_dtype=base.dtype, seen_ids=seen_ids,
-                             decode_pixels=False)
     trainable.register_forward_pre_hook(PixelDecoding(shards.layout, base.dtype), with_kwargs=True)
     train_rows, eval_rows = split_eval(shards.dataset, options.val_set_size, options.seed)
+    train_dataset, eval_dataset = ArrowRows(train_rows), ArrowRows(eval_rows) if eval_rows is not None else None
+    if pack_options is None:
+        plan = None
+        collator = ShardCollator(shards.layout, _pad_token_id(processor), float_dtype=base.dtype, seen_ids=seen_ids,
+                                 decode_pixels=False)
+    else:
+        # One plan for the run: the Trainer fixes the steps of every epoch from the first, and each epoch visits
+        # the packs in a new order (samples are alone in their packs, so which rows share one changes nothing).
+        plan = plan_rows(train_rows, pack_options, options.seed, processor, family)
+        train_dataset = PackedRows(train_dataset, plan.packs)
+        if eval_rows is not None:
+            eval_dataset = PackedRows(eval_dataset, plan_rows(eval_rows, pack_options, options.seed, processor, family).packs)
+        collator = packing_collator(shards.layout, _pad_token_id(processor), base, family, seen_ids)
 
-    loss_log = LossLog(out / LOSS_LOG, resume_step=_checkpoint_step(resume_from))
+    step_tokens = StepTokens()
+    loss_log = LossLog(out / LOSS_LOG, resume_step=_checkpoint_step(resume_from), step_tokens=step_tokens)
     callbacks = [loss_log, TextLog(out / TEXT_LOG), ProgressBar(progress)]
     callbacks += [RowLog(out, seen_ids)] if seen_ids is not None else []
     # TensorBoardCallback reads its folder from the environment when the Trainer builds it; TrainingArguments
     # has no logging_dir in transformers 5.
     with _environment("TENSORBOARD_LOGGING_DIR", str(out / TENSORBOARD_DIR)):
-        trainer = Trainer(
+        trainer = CountingTrainer(
             model=trainable,
             args=args,
-            train_dataset=ArrowRows(train_rows),
-            eval_dataset=ArrowRows(eval_rows) if eval_rows is not None else None,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
             data_collator=collator,
             callbacks=callbacks,
+            step_tokens=step_tokens,
+            pad_token_id=_pad_token_id(processor),
         )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -152,6 +178,8 @@ def train(
         result = trainer.train(resume_from_checkpoint=resume_from)
 
     metrics = dict(result.metrics)
+    if plan is not None:
+        metrics.update(_packing_metrics(plan, pack_options, options.batch_size))
     if eval_rows is not None:
         metrics.update(trainer.evaluate())
     with known_notices_silenced():
@@ -171,6 +199,21 @@ def train(
         if checkpoints.is_dir() and not any(checkpoints.iterdir()):  # made by the Trainer even when nothing is saved
             checkpoints.rmdir()
     return summary
+
+
+def _pack_options(options: TrainOptions, shards: Shards, checkpoint: str, family: str | None) -> PackOptions:
+    """The packing settings, refused with one sentence where the family cannot be packed exactly."""
+    from transformers import AutoConfig
+
+    max_length = shards.metadata.get("arguments", {}).get("max_length")
+    pack_length = options.pack_length or max_length or PackOptions().pack_length
+    check_packable(family, pack_length, AutoConfig.from_pretrained(checkpoint))
+    return PackOptions(pack_length, options.pack_media_budget, options.pack_window)
+
+
+def _packing_metrics(plan: PackPlan, pack_options: PackOptions, batch_size: int) -> dict[str, Any]:
+    return {f"packing_{key}": value for key, value in
+            {"length": pack_options.pack_length, **plan.summary(batch_size)}.items()}
 
 
 def _prepare_output(out: Path, resume: bool | str, overwrite: bool) -> str | None:
@@ -272,7 +315,7 @@ def _training_arguments(out: Path, options: TrainOptions, bf16: bool, reporters:
         logging_steps=options.logging_steps,
         report_to=reporters,
         remove_unused_columns=False,  # the collator needs every stored column
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="no",  # CountingTrainer counts them, packed batches too
         dataloader_num_workers=0 if options.log_rows else options.num_workers,
         use_cpu=not cuda,
         ddp_backend="gloo" if distributed and not cuda else None,
