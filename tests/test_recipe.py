@@ -132,9 +132,16 @@ def test_a_list_of_lora_targets_matches_module_names_as_peft_does():
         assert not re.fullmatch(regex, name), name
 
 
+def test_sample_packing_packs_training_rows_into_sequences_of_the_sequence_length():
+    options = options_of({"sample_packing": True, "sequence_len": 2048})
+    assert options["train"]["packing"] is True
+    assert options["tokenize"]["max_length"] == 2048  # the pack length then defaults to the shards' max length
+    assert options_of({"sample_packing": False})["train"]["packing"] is False
+
+
 def test_keys_that_mean_nothing_here_fill_nothing():
     no_ops = {"processor_type": "AutoProcessor", "skip_prepare_dataset": True, "remove_unused_columns": False,
-              "sample_packing": False, "strict": False, "wandb_project": None, "fp16": False, "tf32": None}
+              "strict": False, "wandb_project": None, "fp16": False, "tf32": None}
     assert options_of(no_ops) == options_of({})
 
 
@@ -175,7 +182,7 @@ def test_an_unknown_key_is_named_with_the_closest_known_key(document, message):
         ({"lora_r": 0}, "lora_r is 0, but it takes a whole number of at least 1."),
         ({"lora_r": True}, "lora_r is true, but it takes a whole number of at least 1."),
         ({"lora_dropout": 1.5}, "lora_dropout is 1.5, but it takes a number at least 0 and at most 1."),
-        ({"learning_rate": "fast"}, 'learning_rate is "fast", but it takes a number above 0.'),
+        ({"learning_rate": "fast"}, 'learning_rate is "fast", but it takes a number at least 0.'),
         ({"bf16": "maybe"}, 'bf16 is "maybe", but it takes true, false or auto.'),
         ({"image_size": "big"}, 'image_size is "big", but it takes a size in pixels: N, WxH or [W, H].'),
         ({"adapter": "llama-adapter"}, 'adapter is "llama-adapter", but it takes one of lora, qlora, full.'),
@@ -185,7 +192,7 @@ def test_an_unknown_key_is_named_with_the_closest_known_key(document, message):
         ({"datasets": [{"path": "x", "type": "alpaca"}]}, 'datasets[0].type is "alpaca", but it takes one of chat_template.'),
         ({"datasets": {"path": "x"}}, 'datasets is {"path": "x"}, but it takes a list of datasets'),
         ({"vlmdata": {"train_on": "replies"}}, 'vlmdata.train_on is "replies", but it takes one of assistant, all, last.'),
-        ({"sample_packing": True}, "sample_packing is true, but it takes only false: multimodal packing is not implemented yet"),
+        ({"sample_packing": "yes"}, 'sample_packing is "yes", but it takes true or false.'),
         ({"optimizer": "adamw_bnb_8bit"}, 'optimizer is "adamw_bnb_8bit", but vlmdata does not support optimizer; remove it or leave it empty.'),
         ({"datasets": [{"split": "train"}]}, "datasets[0] has no path"),
         ({"datasets": [{"path": "a", "split": "train"}, {"path": "b", "split": "test"}]},
