@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -19,6 +20,7 @@ from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
 from vlmdata.cli import cli
 from vlmdata.errors import FatalError
 from vlmdata.labels import IGNORE_INDEX
+from vlmdata.pack_plan import PackOptions, plan_packs
 from vlmdata.shards import load_shards, read_layout
 from vlmdata.tokenize import tokenize
 from vlmdata.train.collator import PixelDecoding, ShardCollator
@@ -284,3 +286,22 @@ def test_one_epoch_packed_and_unpacked_give_the_same_token_weighted_loss(alias, 
     assert metrics["packing_length"] == 256 and metrics["packing_packs"] == len(packed)
     assert 0 < metrics["packing_fill_ratio"] <= 1 and metrics["packing_padding_fraction"] == 0.0
     assert "packing" in output and "samples each" in output
+
+
+def test_inspect_shows_the_plan_training_would_make(shards, data_dir, tmp_path):
+    result = CliRunner().invoke(cli, ["inspect", str(shards("gemma3")), "--pack-length", "120", "--seed", "42", "--quiet"])
+    assert result.exit_code == 0, result.output
+    lengths = [len(row["input_ids"]) for row in load_shards(shards("gemma3"))]
+    plan = plan_packs(np.array(lengths), PackOptions(pack_length=120), seed=42)
+    assert f"{len(plan.packs)} packs for 3 rows" in result.output
+    assert f"fill ratio {plan.fill_ratio:.1%}" in result.output
+
+    train = CliRunner().invoke(cli, ["train", str(shards("gemma3")), "-o", str(tmp_path / "out"), "--packing",
+                                     "--pack-length", "120", "--max-steps", "1", "--quiet"])
+    assert train.exit_code == 0, train.output
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["packing_packs"] == len(plan.packs)
+
+    refused = CliRunner().invoke(cli, ["inspect", str(shards("mllama")), "--pack-length", "4096", "--quiet"])
+    assert "note: Mllama's cross-attention" in refused.output
+    normalised_data = CliRunner().invoke(cli, ["inspect", str(data_dir), "--pack-length", "4096", "--quiet"])
+    assert normalised_data.exit_code == 1 and "--pack-length needs token shards" in normalised_data.output

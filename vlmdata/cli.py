@@ -249,8 +249,10 @@ def tokenize(**options) -> None:
 @click.option("-n", "--n", "samples", default=16, type=click.IntRange(min=1), help="Rows the preview shows, drawn at random.")
 @click.option("--seed", default=0, type=int, help="Seed of the draw; the same seed shows the same rows.")
 @click.option("--ids", default=None, help="Comma-separated row ids to show instead of a random draw.")
+@click.option("--pack-length", default=None, type=click.IntRange(min=1), help="Token shards: show what `train --packing` would make of them at this pack length.")
+@click.option("--batch-size", default=1, type=click.IntRange(min=1), help="With --pack-length: packs (or unpacked rows) per batch, for the padding figures.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def inspect(path, html_file, samples, seed, ids, quiet) -> None:
+def inspect(path, html_file, samples, seed, ids, pack_length, batch_size, quiet) -> None:
     """Print statistics of DIR (a normalised dataset, token shards or a rejects file), optionally with a preview.
 
     The preview shows each sampled row's images beside its conversation; for token shards, the tokens as the
@@ -262,9 +264,11 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
       vlmdata inspect out/shards --html out/shards.html --n 32 --seed 1
       vlmdata inspect out/shards --html out/some.html --ids row-7,row-12
       vlmdata inspect out/shards/rejects.jsonl
+      vlmdata inspect out/shards --pack-length 4096 --batch-size 2
     """
     from vlmdata.inspect import inspect as run_inspect
     from vlmdata.inspect import terminal_lines
+    from vlmdata.inspect.packing import packing_lines
 
     wanted = [row_id.strip() for row_id in ids.split(",") if row_id.strip()] if ids else None
     result = _run(run_inspect, path, html=html_file, n=samples, seed=seed, ids=wanted, progress=not quiet)
@@ -272,6 +276,9 @@ def inspect(path, html_file, samples, seed, ids, quiet) -> None:
     click.echo(f"\nInspected the {target.description} {target.path}")
     for line in terminal_lines(result.statistics):
         click.echo(line)
+    if pack_length is not None:
+        for line in _run(packing_lines, target, pack_length, seed, batch_size):
+            click.echo(line)
     if result.page is not None:
         click.echo(f"HTML preview of {result.cards} rows -> {result.page}")
 
