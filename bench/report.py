@@ -29,12 +29,13 @@ GROUPS = [
     ("5", lambda key: key.startswith("storage.")),
     ("6", lambda key: key.startswith("collate.")),
     ("7", lambda key: key.startswith("video.")),
+    ("8", lambda key: key.startswith("packing.")),
 ]
 STUBS = [
-    ("8", Figure("gpu", "GPU figures (training step time, GPU idle time waiting on data)",
+    ("9", Figure("gpu", "GPU figures (training step time, GPU idle time waiting on data)",
                  "not measured: no GPU on this machine")),
 ]
-RESULT_FILES = ["tokenize", "convert", "memory", "storage", "collate", "video", "profile"]
+RESULT_FILES = ["tokenize", "convert", "memory", "storage", "collate", "video", "packing", "profile"]
 
 
 def met_text(figure: Figure) -> str:

@@ -122,6 +122,17 @@ def test_bench_collate(tmp_path):
     assert details["gemma3"]["shard_ms_per_batch"] > 0 and details["gemma3"]["on_the_fly_ms_per_batch"] > 0
 
 
+def test_bench_packing(tmp_path):
+    from bench import bench_packing
+
+    assert bench_packing.main(["--families", "qwen2_vl", "--rows", "4", "--steps", "1", "--repeats", "1",
+                               "--json", str(tmp_path / "packing.json")]) == 0
+    figures, details = read(tmp_path / "packing.json")
+    assert [figure["key"] for figure in figures] == ["packing.qwen2_vl.padding", "packing.qwen2_vl.speed"]
+    assert details["qwen2_vl"]["packed_padding"] < details["qwen2_vl"]["unpacked_padding"]
+    assert all(rate > 0 for rates in details["qwen2_vl"]["rates"].values() for rate in rates)
+
+
 def test_profile_and_report(tmp_path):
     pytest.importorskip("pyinstrument")
     from bench import profile_stages, report
