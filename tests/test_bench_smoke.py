@@ -147,3 +147,13 @@ def test_profile_and_report(tmp_path):
     assert "## Figures" in text
     assert "not measured: no GPU on this machine" in text
     assert "## Where the time goes (profiles)" in text
+
+
+def test_gpu_training_script_runs_at_tiny_width_on_the_cpu(tmp_path):
+    from bench import gpu_training
+
+    assert gpu_training.main(["--families", "qwen2_vl", "--rows", "4", "--steps", "1", "--tiny",
+                              "--json", str(tmp_path / "gpu.json")]) == 0
+    runs = json.loads((tmp_path / "gpu.json").read_text())["runs"]
+    assert [run["side"] for run in runs] == ["unpacked", "packed"]
+    assert all(run["trained_tokens"] > 0 and 0 < run["data_wait"] for run in runs)

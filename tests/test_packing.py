@@ -7,6 +7,7 @@ part of the packing contract each and must make the comparison fail.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -305,3 +306,19 @@ def test_inspect_shows_the_plan_training_would_make(shards, data_dir, tmp_path):
     assert "note: Mllama's cross-attention" in refused.output
     normalised_data = CliRunner().invoke(cli, ["inspect", str(data_dir), "--pack-length", "4096", "--quiet"])
     assert normalised_data.exit_code == 1 and "--pack-length needs token shards" in normalised_data.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed here")
+def test_flash_attention_without_flash_attn_is_one_sentence_before_the_output_is_touched(shards, tmp_path):
+    result = CliRunner().invoke(cli, ["train", str(shards("qwen2_vl")), "-o", str(tmp_path / "out"), "--packing",
+                                      "--attn-implementation", "flash_attention_2", "--quiet"])
+    assert result.exit_code == 1 and "pip install flash-attn" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_gemma3_packing_refuses_flash_attention_in_one_sentence(shards):
+    rows, layout = _rows(shards("gemma3"))
+    model = _model("gemma3")
+    model.config.get_text_config()._attn_implementation = "flash_attention_2"
+    with pytest.raises(FatalError, match="Gemma 3 packs with sdpa, eager or flex attention"):
+        packing_collator(layout, 0, model, "gemma3")

@@ -314,3 +314,11 @@ def test_the_readme_documents_every_key():
     for name in list(KEYS) + ["datasets[].path", "datasets[].type", "datasets[].split", "datasets[].field_messages"]:
         bare = name.split(".", 1)[1] if name.startswith("vlmdata.") or name.startswith("datasets[]") else name
         assert f"`{bare}`" in section, name
+
+
+def test_axolotls_attention_keys_choose_the_attention_implementation():
+    assert options_of({"flash_attention": True})["train"]["attn_implementation"] == "flash_attention_2"
+    assert options_of({"sdp_attention": True, "flash_attention": False})["train"]["attn_implementation"] == "sdpa"
+    assert "attn_implementation" not in options_of({"flash_attention": False})["train"]
+    with pytest.raises(FatalError, match="flash_attention and eager_attention are both true"):
+        parse_recipe({"flash_attention": True, "eager_attention": True}, "test.yaml")

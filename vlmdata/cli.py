@@ -20,7 +20,7 @@ from vlmdata.recipe.stages import (
     TRAIN_DEFAULTS,
     OptionError,
 )
-from vlmdata.train.options import REPORTERS, SCHEDULERS
+from vlmdata.train.options import ATTENTION, REPORTERS, SCHEDULERS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -310,6 +310,7 @@ def inspect(path, html_file, samples, seed, ids, pack_length, batch_size, quiet)
 @click.option("--logging-steps", default=TRAIN_DEFAULTS["logging_steps"], type=click.IntRange(min=1), help="Log the loss every N steps.")
 @click.option("--load-in-4bit", is_flag=True, help="QLoRA: load the base model in 4 bits (CUDA and bitsandbytes).")
 @click.option("--load-in-8bit", is_flag=True, help="Load the base model in 8 bits (CUDA and bitsandbytes).")
+@click.option("--attn-implementation", default=TRAIN_DEFAULTS["attn_implementation"], type=click.Choice(ATTENTION), help="The attention kernels [default: sdpa where the model has it].")
 @click.option("--packing", is_flag=True, help="Pack several rows into each sequence, each trained as if alone.")
 @click.option("--pack-length", default=TRAIN_DEFAULTS["pack_length"], type=click.IntRange(min=1), help="Tokens per packed sequence [default: the shards' --max-length, else 4096].")
 @click.option("--pack-media-budget", default=TRAIN_DEFAULTS["pack_media_budget"], type=click.IntRange(min=1), help="The most image, video and audio tokens a pack holds [default: no limit].")

@@ -109,6 +109,10 @@ _KEYS = (
     Key("warmup_steps", whole_number(minimum=0), ("train.warmup_steps",)),
     Key("bf16", bf16, ("train.bf16",)),
     Key("gradient_checkpointing", yes_no, ("train.gradient_checkpointing",)),
+    # The attention kernels: at most one of them true (`vlmdata.recipe.options`, train --attn-implementation)
+    Key("flash_attention", yes_no),
+    Key("sdp_attention", yes_no),
+    Key("eager_attention", yes_no),
     Key("seed", whole_number(), ("train.seed",)),
     Key("val_set_size", number(minimum=0.0), ("train.val_set_size",)),
     Key("eval_steps", whole_number(minimum=1), ("train.eval_steps",)),
@@ -151,7 +155,7 @@ DATASET_KEYS: dict[str, Check] = {
 # refused with a clear message when set.
 UNSUPPORTED = (
     "optimizer", "weight_decay", "warmup_ratio", "evals_per_epoch", "saves_per_epoch", "fp16", "tf32",
-    "flash_attention", "eager_attention", "sdp_attention", "gradient_checkpointing_kwargs",
+    "gradient_checkpointing_kwargs",
     "ddp_find_unused_parameters", "lora_model_dir", "lora_target_linear", "pad_to_sequence_len",
     "group_by_length", "resume_from_checkpoint", "local_rank", "debug", "deepspeed", "fsdp", "fsdp_config",
     "wandb_project", "wandb_entity", "wandb_watch", "wandb_name", "wandb_log_model",

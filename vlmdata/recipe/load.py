@@ -142,6 +142,9 @@ def _check_combinations(source: str, values: dict[str, Any]) -> None:
         raise FatalError(
             f"{source}: a quantized model cannot be trained in full; set adapter to lora or qlora, or remove load_in_4bit and load_in_8bit."
         )
+    attention = [key for key in ("flash_attention", "sdp_attention", "eager_attention") if values.get(key)]
+    if len(attention) > 1:
+        raise FatalError(f"{source}: {' and '.join(attention)} are both true; the model takes one attention implementation.")
     if "train_on_inputs" in values and f"{OWN_SECTION}.train_on" in values:
         raise FatalError(f"{source}: train_on_inputs and {OWN_SECTION}.train_on both say which tokens are trained; keep one.")
     if f"{OWN_SECTION}.resize_mode" in values and "image_size" not in values:

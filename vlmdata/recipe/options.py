@@ -70,6 +70,7 @@ def command_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
     options["convert"].update(_dataset_options(recipe.values.get("datasets")))
     options["tokenize"].update(_train_on(recipe.values))
     options["train"].update(_adapter_options(recipe.values.get("adapter", "full")))
+    options["train"].update(_attention(recipe.values))
     return options
 
 
@@ -89,6 +90,15 @@ def _train_on(values: dict[str, Any]) -> dict[str, Any]:
     if "train_on_inputs" not in values:
         return {}
     return {"train_on": "all" if values["train_on_inputs"] else "assistant"}
+
+
+ATTENTION_KEYS = {"flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager"}
+
+
+def _attention(values: dict[str, Any]) -> dict[str, Any]:
+    """axolotl's flash_attention, sdp_attention and eager_attention: the one that is true, if any."""
+    chosen = [implementation for key, implementation in ATTENTION_KEYS.items() if values.get(key)]
+    return {"attn_implementation": chosen[0]} if chosen else {}
 
 
 def _adapter_options(adapter: str) -> dict[str, Any]:

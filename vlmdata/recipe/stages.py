@@ -97,6 +97,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
     "log_rows": False,
     "report_to": None,  # None: tensorboard when installed
+    "attn_implementation": None,  # None: transformers' choice
     "packing": False,
     "pack_length": None,  # None: the shards' max_length, else 4096
     "pack_media_budget": None,
@@ -225,6 +226,7 @@ def train_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
         num_workers=options["num_workers"],
         log_rows=options["log_rows"],
         report_to=options["report_to"],
+        attn_implementation=options["attn_implementation"],
         packing=options["packing"],
         pack_length=options["pack_length"],
         pack_media_budget=options["pack_media_budget"],

@@ -8,6 +8,8 @@ transformers' own (`model.language_model.layers.3.self_attn.q_proj`), which is w
 
 from __future__ import annotations
 
+import importlib.util
+
 import re
 import warnings
 from contextlib import contextmanager
@@ -59,9 +61,9 @@ class AdapterOptions:
     train_vision: bool = False
 
 
-def require_dependencies(family: str | None, quantization: str | None = None) -> None:
+def require_dependencies(family: str | None, quantization: str | None = None, attention: str | None = None) -> None:
     """Checks, before any work, that what the run needs is installed: the Trainer's accelerate and peft,
-    timm for Gemma 3n's vision tower, bitsandbytes and a CUDA GPU for quantization.
+    timm for Gemma 3n's vision tower, bitsandbytes and a CUDA GPU for quantization, flash-attn for its kernels.
 
     Raises:
         FatalError: one sentence naming what is missing, and the extra that installs it.
@@ -72,6 +74,9 @@ def require_dependencies(family: str | None, quantization: str | None = None) ->
         require("timm", "gemma3n", "Gemma 3n's vision tower")
     if quantization:
         _require_quantization(quantization)
+    if attention == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise FatalError("--attn-implementation flash_attention_2 needs flash-attn, which is not installed: "
+                         "pip install flash-attn --no-build-isolation (on a CUDA machine).")
 
 
 def _require_quantization(quantization: str) -> None:
@@ -80,17 +85,20 @@ def _require_quantization(quantization: str) -> None:
     require("bitsandbytes", "quantization", f"--load-in-{quantization}")
 
 
-def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None = None) -> nn.Module:
+def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None = None,
+               attention: str | None = None) -> nn.Module:
     """The image-text-to-text model of `checkpoint`, in `dtype`, optionally quantized for QLoRA.
 
     Args:
         checkpoint: a hub id or a local folder.
         dtype: the dtype of the weights (float32 on CPU, bfloat16 on a GPU that supports it).
         quantization: None, "4bit" or "8bit" (bitsandbytes, CUDA only).
+        attention: the attention implementation ("sdpa", "eager", "flash_attention_2", ...); None: transformers'
+            choice (sdpa where the model supports it).
     """
     from transformers import AutoModelForImageTextToText
 
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, **({"attn_implementation": attention} if attention else {})}
     if quantization:
         kwargs["quantization_config"] = _quantization_config(quantization, dtype)
     try:

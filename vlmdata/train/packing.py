@@ -129,8 +129,11 @@ class LayerTypeMasks:
     @classmethod
     def for_model(cls, model: torch.nn.Module) -> "LayerTypeMasks":
         config = model.config.get_text_config()
-        eager = getattr(config, "_attn_implementation", "sdpa") == "eager"
-        return cls(config.sliding_window, model.dtype if eager else None)
+        implementation = getattr(config, "_attn_implementation", "sdpa")
+        if implementation not in ("sdpa", "eager", "flex_attention"):
+            raise FatalError(f"Gemma 3 packs with sdpa, eager or flex attention, whose masks can hold each image's "
+                             f"two-way block; {implementation} cannot: pass --attn-implementation sdpa.")
+        return cls(config.sliding_window, model.dtype if implementation == "eager" else None)
 
     def __call__(self, text_positions: torch.Tensor, token_type_ids: torch.Tensor) -> dict[str, torch.Tensor]:
         """The masks of a batch, from its restarting `[batch, L]` positions and its image token types."""

@@ -68,6 +68,7 @@ class TrainOptions:
     num_workers: int = 0
     log_rows: bool = False
     report_to: str | None = None  # "none", "tensorboard" or "all" (every integration installed); None: tensorboard when installed
+    attn_implementation: str | None = None  # None: transformers' choice (sdpa where the model has it)
     packing: bool = False
     pack_length: int | None = None  # None: the shards' --max-length, else 4096
     pack_media_budget: int | None = None  # the most media tokens a pack holds; None: no limit
@@ -123,14 +124,15 @@ def train(
     shards = open_shards(shards_source)
     checkpoint = _checkpoint(model, shards)
     family = shards.metadata["model"].get("family")
-    require_dependencies(family, options.quantization)
+    require_dependencies(family, options.quantization, options.attn_implementation)
     pack_options = _pack_options(options, shards, checkpoint, family) if options.packing else None
     bf16 = _bf16(options.bf16)
     args = _training_arguments(out, options, bf16, _reporters(options.report_to))
     resume_from = _prepare_output(out, resume, overwrite)
 
     set_seed(options.seed)  # LoRA's initial weights are drawn when the adapter is added, before the Trainer seeds
-    base = load_model(checkpoint, dtype=torch.bfloat16 if bf16 else torch.float32, quantization=options.quantization)
+    base = load_model(checkpoint, dtype=torch.bfloat16 if bf16 else torch.float32, quantization=options.quantization,
+                      attention=options.attn_implementation)
     trainable = prepare(base, options.adapter)
     if options.gradient_checkpointing:
         trainable.enable_input_require_grads()
