@@ -44,6 +44,9 @@ class Family:
         video_span: The tokens that open and close a video, where the processor writes text between its frames
             that is not just before a frame start (GLM-4.1V's second after each frame): every token between
             them is media. None for the others.
+        images_beside_videos: Whether the model's forward takes a row holding both images and videos. GLM-4.1V's
+            does not (transformers 5.23 counts a video frame's <|image|> tokens as the image's), so tokenize
+            refuses such rows instead of leaving them to fail in training.
     """
 
     alias: str
@@ -56,6 +59,7 @@ class Family:
     frame_start: tuple[str, ...] = ()
     frame_timestamp: str | None = None
     video_span: tuple[str, str] | None = None
+    images_beside_videos: bool = True
 
 
 GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<image_soft_token>", "<end_of_image>")
@@ -217,6 +221,7 @@ _FAMILIES = (
         model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
         # Each frame is <|begin_of_image|><|image|>...<|end_of_image|> then its second as text ("3").
         video_span=GLM4V_VIDEO_SPAN,
+        images_beside_videos=False,
     ),
 )
 
