@@ -215,7 +215,8 @@ _FAMILIES = (
         default_checkpoint="zai-org/GLM-4.1V-9B-Thinking",
         template_name="glm4v",
         modalities=("image", "video"),
-        # GLM-4.5V (glm4v_moe) shares the processor, not the chat template: its own has tools, /nothink, reasoning_content.
+        # GLM-4.5V (glm4v_moe) shares the processor but not the chat template (its own has tools, /nothink and
+        # reasoning_content).
         model_types=("glm4v",),
         media_tokens=GLM4V_MEDIA_TOKENS,
         model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
