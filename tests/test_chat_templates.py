@@ -33,6 +33,7 @@ ASSISTANT_SPAN = {
     "llama4": lambda text: text + "<|eot|>",
     "pixtral": lambda text: text + EOS,
     "mistral_v7_tekken": lambda text: text + EOS,
+    "glm4v": lambda text: text,  # GLM-4.1V writes no end-of-turn token: the next role token follows the reply
 }
 
 
@@ -129,7 +130,7 @@ TOOL_CONVERSATIONS = {
         assistant("Sunny and warm."),
     ],
 }
-VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5", "gemma4")
+VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5", "gemma4", "glm4v")
 # Qwen3.5 opens each reply after the last user turn with a think block, empty when the reply has no reasoning.
 THINK_BLOCK = {"qwen3_5": "<think>\n\n</think>\n\n"}
 
@@ -145,6 +146,8 @@ def conversations_for(name):
     if name in ("qwen3_vl", "qwen3_5"):
         conversations.update(THINKING_CONVERSATIONS)
         conversations.update(TOOL_CONVERSATIONS)
+    if name == "glm4v":
+        conversations.update(THINKING_CONVERSATIONS)
     return conversations
 
 
@@ -152,8 +155,8 @@ def official_input(name, conversation):
     """Rewrite a conversation into the form the official template understands.
 
     Our templates take plain-string content and system prompts given as parts everywhere; some official
-    ones do not (LLaVA's renders string content as nothing, Llama 3.2 Vision's prints a part list as
-    Python text). Those cases are compared with the equivalent input the official template does handle.
+    ones do not (LLaVA's renders string content as nothing, Llama 3.2 Vision's and GLM-4.1V's print a part
+    list as Python text). Those cases are compared with the equivalent input the official template does handle.
     """
     rewritten = []
     for message in conversation:
@@ -161,6 +164,8 @@ def official_input(name, conversation):
         if name == "llava" and isinstance(content, str):
             content = [text(content)]
         if name == "llama3_2_vision" and message["role"] == "system" and not isinstance(content, str):
+            content = "".join(part["text"] for part in content if part["type"] == "text")
+        if name == "glm4v" and message["role"] != "user" and not isinstance(content, str):
             content = "".join(part["text"] for part in content if part["type"] == "text")
         rewritten.append({**message, "content": content})
     return rewritten
@@ -319,13 +324,31 @@ def test_gemma4_replies_lose_their_thinking_like_the_official_template():
     assert spans == ["Hello!<turn|>", "More<turn|>"]
 
 
+def test_glm4v_keeps_the_reasoning_of_every_reply_like_the_official_template():
+    # GLM-4.1V-Thinking replies "<think>...</think><answer>...</answer>"; its template writes past replies whole.
+    reply = "<think>Add them.</think><answer>Four.</answer>"
+    conversation = [user(text("2+2?")), assistant(reply), user(text("And 3+3?")), assistant("<answer>Six.</answer>")]
+    official = (OFFICIAL / "glm4v.jinja").read_text(encoding="utf-8")
+    assert render(load_template("glm4v"), conversation) == render(official, official_input("glm4v", conversation))
+    _, spans = generated_spans(load_template("glm4v"), conversation)
+    assert spans == [reply, "<answer>Six.</answer>"]
+
+
+def test_glm4v_refuses_tool_turns_the_official_template_drops():
+    conversation = TOOL_CONVERSATIONS["tool_results"]
+    official = (OFFICIAL / "glm4v.jinja").read_text(encoding="utf-8")
+    assert "Warm" not in render(official, official_input("glm4v", conversation))
+    assert render(load_template("glm4v"), conversation) == "TemplateError: GLM-4.1V's chat template has no tool turns."
+
+
 # Every control token the templates write, so that the test tokenizer never splits one.
 CONTROL_TOKENS = [
     BOS, EOS, "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<image_soft_token>", "<audio_soft_token>",
     "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<image>",
     "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>", "<|header_start|>", "<|header_end|>",
     "<|eot|>", "<|video_pad|>", "[INST]", "[/INST]", "[IMG]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<|turn>",
-    "<turn|>", "<|audio|>", "<|video|>", "<|channel>", "<channel|>", "<|think|>",
+    "<turn|>", "<|audio|>", "<|video|>", "<|channel>", "<channel|>", "<|think|>", "[gMASK]", "<sop>", "<|system|>",
+    "<|user|>", "<|assistant|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
 ]  # fmt: skip
 
 

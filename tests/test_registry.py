@@ -16,7 +16,7 @@ from vlmdata.models import FAMILIES, family_for_config, family_for_model_type, g
 from vlmdata.models.loading import load_processor
 
 ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava", "mllama", "pixtral", "mistral3",
-           "llama4", "gemma4"]
+           "llama4", "gemma4", "glm4v"]
 
 
 def test_every_documented_alias_is_known():
@@ -38,6 +38,7 @@ def test_every_documented_alias_is_known():
         ("mistral3", "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "mistral_v7_tekken"),
         ("llama4", "meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama4"),
         ("gemma4", "google/gemma-4-E2B-it", "gemma4"),
+        ("glm4v", "zai-org/GLM-4.1V-9B-Thinking", "glm4v"),
     ],
 )
 def test_alias_names_its_checkpoint_and_template(alias, checkpoint, template):
@@ -59,6 +60,13 @@ def test_gemma4_takes_images_video_and_audio_and_times_its_frames():
     timestamp = re.compile(family.frame_timestamp)
     assert timestamp.fullmatch("00:03 ") and timestamp.fullmatch(" 12:40 ")
     assert not timestamp.fullmatch("at 00:03 ") and not timestamp.fullmatch("00:03")
+
+
+def test_glm4v_takes_images_and_video_and_counts_all_of_a_video_as_media():
+    family = get_family("glm4v")
+    assert family.modalities == ("image", "video")
+    assert family.video_span == ("<|begin_of_video|>", "<|end_of_video|>")
+    assert set(family.video_span) | {"<|begin_of_image|>", "<|image|>", "<|end_of_image|>"} <= set(family.media_tokens)
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -111,6 +119,7 @@ def test_unknown_alias_is_fatal_and_lists_the_known_ones():
         ("mistral3", "mistral3"),
         ("llama4", "llama4"),
         ("gemma4", "gemma4"),
+        ("glm4v", "glm4v"),
     ],
 )
 def test_model_type_maps_to_its_family(model_type, alias):
@@ -119,6 +128,8 @@ def test_model_type_maps_to_its_family(model_type, alias):
 
 def test_unknown_model_type_maps_to_nothing():
     assert family_for_model_type("bert") is None
+    # GLM-4.5V shares GLM-4.1V's processor but has a chat template of its own.
+    assert family_for_model_type("glm4v_moe") is None
 
 
 def test_config_tells_pixtral_from_llava():

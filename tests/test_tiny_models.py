@@ -41,6 +41,7 @@ EXPECTED_CLASSES = {  # alias: (processor, model)
     "mistral3": ("PixtralProcessor", "Mistral3ForConditionalGeneration"),
     "llama4": ("Llama4Processor", "Llama4ForConditionalGeneration"),
     "gemma4": ("Gemma4Processor", "Gemma4ForConditionalGeneration"),
+    "glm4v": ("Glm4vProcessor", "Glm4vForConditionalGeneration"),
 }
 
 # The token whose ids the model replaces with image features, as in the real checkpoints' configs.
@@ -57,6 +58,7 @@ MODEL_IMAGE_TOKEN = {
     "mistral3": "[IMG]",
     "llama4": "<|patch|>",
     "gemma4": "<|image|>",
+    "glm4v": "<|image|>",
 }
 
 ORDINARY_TEXT = [
@@ -122,7 +124,7 @@ def expected_image_tokens(alias: str, config, inputs) -> int:
         return config.mm_tokens_per_image * len(inputs["pixel_values"])
     if alias == "gemma3n":
         return config.vision_soft_tokens_per_image * len(inputs["pixel_values"])
-    if alias in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"):
+    if alias in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v"):
         return int(inputs["image_grid_thw"].prod(-1).sum()) // vision.spatial_merge_size**2
     if alias == "llava":
         return (vision.image_size // vision.patch_size) ** 2 * len(inputs["pixel_values"])
@@ -333,8 +335,42 @@ def test_qwen3_5_mixes_linear_and_full_attention(load):
     assert not hasattr(layers[1], "linear_attn")
 
 
-@pytest.mark.parametrize("alias", ["qwen3_vl", "qwen3_5"])
+@pytest.mark.parametrize("alias", ["qwen3_vl", "qwen3_5", "glm4v"])
 def test_no_parameter_is_left_at_zero(alias, load):
     # Zero-initialised gates and projections would make logit comparisons pass whatever the inputs.
     _, model = load(alias)
     assert [name for name, parameter in model.named_parameters() if not parameter.any()] == []
+
+
+def glm4v_video_inputs(processor, *images):
+    from transformers.video_utils import VideoMetadata
+
+    frames = np.stack([np.asarray(drawn_image(64, 48, (40 * i, 90, 200 - 40 * i))) for i in range(5)])
+    messages = conversation(*images)
+    messages[0]["content"].insert(0, {"type": "video", "video": frames})
+    metadata = VideoMetadata(total_num_frames=10, fps=2.0, frames_indices=[0, 1, 2, 3, 4], width=64, height=48)
+    return processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"videos_kwargs": {"do_sample_frames": False, "video_metadata": [metadata]}})
+
+
+def test_glm4v_writes_each_frame_as_an_image_followed_by_its_second(load):
+    processor, model = load("glm4v")
+    inputs = glm4v_video_inputs(processor)
+    # Five frames are padded to three pairs, timed at 0, 1 and 2 s; the video's tokens are typed 2 (video).
+    assert inputs["video_grid_thw"].tolist() == [[3, 4, 4]]
+    decoded = processor.tokenizer.decode(inputs["input_ids"][0])
+    frame = "<|begin_of_image|>" + "<|image|>" * 4 + "<|end_of_image|>"
+    assert f"<|begin_of_video|>{frame}0{frame}1{frame}2<|end_of_video|>" in decoded
+    assert int((inputs["mm_token_type_ids"] == 2).sum()) == 12
+    with torch.no_grad():
+        outputs = model(**inputs)
+        changed = model(**{**inputs, "pixel_values_videos": inputs["pixel_values_videos"].flip(0)})
+    assert torch.isfinite(outputs.logits).all() and not torch.allclose(outputs.logits, changed.logits)
+
+
+def test_glm4v_forward_cannot_take_an_image_beside_a_video(load):
+    # transformers counts a video's <|image|> tokens as the image's too: tokenize refuses such rows.
+    processor, model = load("glm4v")
+    with pytest.raises(ValueError, match="Image features and image tokens do not match"):
+        model(**glm4v_video_inputs(processor, *ONE_IMAGE))

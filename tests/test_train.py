@@ -228,3 +228,19 @@ def test_default_targets_put_lora_on_every_qwen3_layer_and_axolotls_list_finds_t
     listed = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj_qkv", "in_proj_z",
               "out_proj"]
     assert lora_targets(model, lora_target_modules(listed)) == targets
+
+
+def test_glm4v_adapts_every_language_model_projection_and_axolotls_regex_finds_the_same():
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model("glm4v"))
+    assert vision_modules(model) == ["model.visual"]
+    targets = lora_targets(model, DEFAULT_LORA_TARGETS)
+    # GLM-4.1V's MLP fuses gate and up into gate_up_proj; nothing of the vision tower is adapted.
+    projections = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"}
+    assert {name.rsplit(".", 1)[-1] for name in targets} == projections
+    assert len(targets) == len(projections) * model.config.text_config.num_hidden_layers
+    assert all(name.startswith("model.language_model.layers.") for name in targets)
+    axolotl = r"model.language_model.layers.[\d]+.(mlp|self_attn).(gate_up|down|q|k|v|o)_proj"
+    assert lora_targets(model, lora_target_modules(axolotl)) == targets
+    # A list of names reaches the vision tower too, whose MLPs and merger have down_proj layers of their own.
+    listed = lora_targets(model, lora_target_modules(sorted(projections)))
+    assert set(targets) < set(listed) and all(name.startswith("model.visual.") for name in set(listed) - set(targets))

@@ -1,4 +1,4 @@
-"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 shards hold each frame once
+"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V shards hold each frame once
 as uint8 codes and rebuild the processor's own tensors bit for bit; families without video refuse them or take
 their frames as images; a forward pass on collated video shards equals the one on the processor's batch."""
 
@@ -31,6 +31,9 @@ from vlmdata.tokenize import tokenize
 from vlmdata.train.collator import PixelDecoding, ShardCollator
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
+VIDEO_FAMILIES = QWEN + ["glm4v"]
+# GLM-4.1V's forward cannot take an image beside a video: tokenize refuses that row.
+REFUSED = {"glm4v": {"image-and-video"}}
 FPS = 10.0
 
 
@@ -99,7 +102,7 @@ def video_shards(video_data, tmp_path_factory):
         if alias not in made:
             made[alias] = tmp_path_factory.mktemp(f"video-{alias}") / "shards"
             summary = tokenize(video_data, made[alias], model=str(tiny_model(alias)), progress=False)
-            assert summary.rows_rejected == 0, (made[alias] / "rejects.jsonl").read_text()
+            assert summary.rows_rejected == len(REFUSED.get(alias, ())), (made[alias] / "rejects.jsonl").read_text()
         return made[alias]
 
     return make
@@ -137,7 +140,7 @@ def oracle_outputs(processor, row: dict, template: str) -> dict:
     )
 
 
-@pytest.mark.parametrize("alias", QWEN)
+@pytest.mark.parametrize("alias", VIDEO_FAMILIES)
 def test_video_shards_store_codes_and_rebuild_the_processor_output_bit_for_bit(alias, video_data, video_shards):
     out = video_shards(alias)
     loaded = load_processor(str(tiny_model(alias)))
@@ -155,6 +158,8 @@ def test_video_shards_store_codes_and_rebuild_the_processor_output_bit_for_bit(a
     template = load_template(loaded.family.template_name)
     shards = {row["id"]: row for row in load_shards(out)}
     for row in datasets.load_from_disk(str(video_data)):
+        if row["id"] in REFUSED.get(alias, ()):
+            continue
         stored = shards[row["id"]]
         expected = oracle_outputs(processor, row, template)
         patches = expected["pixel_values_videos"].shape[0]
@@ -231,7 +236,7 @@ def test_a_family_without_video_names_it_and_takes_frames_as_images_when_asked(v
     assert saved["arguments"]["video_as_images"] is True
 
 
-@pytest.mark.parametrize("alias", QWEN)
+@pytest.mark.parametrize("alias", VIDEO_FAMILIES)
 def test_forward_on_collated_video_shards_equals_the_processor_batch(alias, video_data, video_shards):
     out = video_shards(alias)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias)).eval()
@@ -239,6 +244,8 @@ def test_forward_on_collated_video_shards_equals_the_processor_batch(alias, vide
     processor, template = loaded.processor, load_template(loaded.family.template_name)
     rows = {row["id"]: row for row in load_shards(out)}
     for row in datasets.load_from_disk(str(video_data)):
+        if row["id"] in REFUSED.get(alias, ()):
+            continue
         batch = ShardCollator(read_layout(out), pad_token_id=0)([rows[row["id"]]])
         expected = oracle_outputs(processor, row, template)
         expected.pop("assistant_masks")
@@ -374,3 +381,35 @@ def test_frame_timestamps_are_never_trained_even_with_train_on_all(alias, video_
         trained = tokenizer.decode(ids[labels != -100])
         assert "seconds" not in trained
         assert "<|im_start|>user" in trained and "A square moves right." in trained  # all but the media
+
+
+def test_glm4v_refuses_an_image_beside_a_video_and_writes_each_frame_with_its_second(video_data, video_shards):
+    out = video_shards("glm4v")
+    (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert reject["id"] == "image-and-video"
+    assert reject["reason"] == "images and videos in one row, which this model family's forward cannot take together"
+    tokenizer = load_processor(str(tiny_model("glm4v"))).processor.tokenizer
+    shards = {row["id"]: row for row in load_shards(out)}
+    # 4 frames at 10 fps make 2 pairs, both within the first second; 5 frames are padded to 3 pairs.
+    frame = "<|begin_of_image|>" + "<|image|>" * 4 + "<|end_of_image|>"
+    assert f"<|begin_of_video|>{frame}0{frame}0<|end_of_video|>" in tokenizer.decode(shards["four-frames"]["input_ids"])
+    odd = tokenizer.decode(shards["odd-frames"]["input_ids"])
+    frames = r"(<\|begin_of_image\|>(<\|image\|>)+<\|end_of_image\|>0){3}"
+    assert re.search(r"<\|begin_of_video\|>" + frames + r"<\|end_of_video\|>", odd)
+
+
+def test_glm4v_frame_seconds_are_never_trained_even_with_train_on_all(video_data, tmp_path):
+    out = tmp_path / "shards"
+    tokenize(video_data, out, model=str(tiny_model("glm4v")), train_on="all", progress=False)
+    tokenizer = load_processor(str(tiny_model("glm4v"))).processor.tokenizer
+    bov, eov = tokenizer.convert_tokens_to_ids(["<|begin_of_video|>", "<|end_of_video|>"])
+    for row in load_shards(out):
+        ids, labels = row["input_ids"], row["labels"]
+        start, end = int(np.flatnonzero(ids == bov)[0]), int(np.flatnonzero(ids == eov)[0])
+        frames = int(model_inputs(row, read_layout(out))["video_grid_thw"][:, 0].sum())
+        # Between the video's tokens: each frame and the second written after it, all masked.
+        seconds = [token for token in ids[start:end] if tokenizer.decode([token]).isdigit()]
+        assert len(seconds) == frames > 0
+        assert np.all(labels[start:end + 1] == -100)
+        trained = tokenizer.decode(ids[labels != -100])
+        assert "<|user|>" in trained and "A square moves right." in trained  # all but the media

@@ -100,11 +100,14 @@ def media_mask(
     frame_start_ids: Sequence[int] = (),
     frame_timestamp: re.Pattern | None = None,
     decode: Callable[[list[int]], str] | None = None,
+    video_span_ids: tuple[int, int] | None = None,
 ) -> np.ndarray:
-    """Which tokens of a row stand for media: the media tokens, and the timestamp text before each video frame.
+    """Which tokens of a row stand for media: the media tokens, and the timestamp text of each video frame.
 
     Qwen3-VL writes "<1.5 seconds>" and Gemma 4 "00:01 " before each frame: ordinary text tokens, found as the
     longest run of tokens just before a frame's opening tokens that decodes to a full match of `frame_timestamp`.
+    GLM-4.1V writes each frame's second after the frame, the last one just before the video's closing token: there
+    every token from a video's opening token to its closing one is media (`video_span_ids`).
 
     Args:
         input_ids: the row's token ids, shape [L].
@@ -113,12 +116,18 @@ def media_mask(
             token), so that an image's start token never counts as a frame's.
         frame_timestamp: what the text before each frame fully matches.
         decode: turns token ids into text (the tokenizer's own decoding).
+        video_span_ids: the ids that open and close a video, where all between them is media.
 
     Example:
         >>> media_mask(np.array([3, 1, 2, 9, 9, 8]), {9, 8}).tolist()
         [False, False, False, True, True, True]
+        >>> media_mask(np.array([3, 7, 9, 5, 9, 6, 8, 3]), {7, 8, 9}, video_span_ids=(7, 8)).tolist()
+        [False, True, True, True, True, True, True, False]
     """
     media = np.isin(input_ids, sorted(media_token_ids))
+    if video_span_ids is not None:
+        opened, closed = (np.cumsum(input_ids == token) for token in video_span_ids)
+        media |= opened > closed
     if not frame_start_ids or frame_timestamp is None:
         return media
     width = len(frame_start_ids)

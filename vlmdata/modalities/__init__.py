@@ -107,7 +107,7 @@ def processor_messages(
 
     Raises:
         RowError: a part of a kind the family does not take, a part without its item, an item that cannot be
-            decoded, or items no part uses.
+            decoded, items no part uses, or images beside videos for a family whose forward cannot take both.
     """
     stored = {modality.kind: row.get(modality.column) or [] for modality in MODALITIES}
     used = dict.fromkeys(KINDS, 0)
@@ -130,6 +130,8 @@ def processor_messages(
         parts = " and ".join(f"{used[modality.kind]} {modality.kind}" for modality in unmatched)
         items = " and ".join(f"{len(stored[modality.kind])} {modality.column}" for modality in unmatched)
         raise RowError(f"{parts} parts but {items}")
+    if used[IMAGE.kind] and used[VIDEO.kind] and not family.images_beside_videos:
+        raise RowError("images and videos in one row, which this model family's forward cannot take together")
     return messages, {modality.column: used[modality.kind] for modality in MODALITIES}
 
 

@@ -57,12 +57,18 @@ class LoadedProcessor:
     def _frame_timestamp(self) -> re.Pattern | None:
         return re.compile(self.family.frame_timestamp) if self.family.frame_timestamp else None
 
+    @cached_property
+    def _video_span_ids(self) -> tuple[int, int] | None:
+        span = self.family.video_span
+        return tuple(self.processor.tokenizer.convert_tokens_to_ids(list(span))) if span else None
+
     def media_mask(self, input_ids: np.ndarray) -> np.ndarray:
         """True on the tokens of a row that stand for media (see `labels.media_mask`)."""
         tokenizer = self.processor.tokenizer
         return media_mask(
             input_ids, self.media_token_ids, self._frame_start_ids, self._frame_timestamp,
             lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
+            self._video_span_ids,
         )
 
 

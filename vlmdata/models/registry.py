@@ -41,6 +41,12 @@ class Family:
         frame_start: The tokens that open each video frame, where the processor writes a timestamp as text
             before every frame (Qwen3-VL's "<1.5 seconds>"); empty for the others.
         frame_timestamp: A regular expression that timestamp text fully matches. It is media, never trained.
+        video_span: The tokens that open and close a video, where the processor writes text between its frames
+            that is not just before a frame start (GLM-4.1V's second after each frame): every token between
+            them is media. None for the others.
+        images_beside_videos: Whether the model's forward takes a row holding both images and videos. GLM-4.1V's
+            does not (transformers 5.23 counts a video frame's <|image|> tokens as the image's), so tokenize
+            refuses such rows instead of leaving them to fail in training.
     """
 
     alias: str
@@ -52,6 +58,8 @@ class Family:
     model_inputs: tuple[str, ...]
     frame_start: tuple[str, ...] = ()
     frame_timestamp: str | None = None
+    video_span: tuple[str, str] | None = None
+    images_beside_videos: bool = True
 
 
 GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<image_soft_token>", "<end_of_image>")
@@ -65,6 +73,9 @@ QWEN3_FRAME_TIMESTAMP = r"<\d+(\.\d+)? seconds>"
 # Qwen3-VL and Qwen3.5 share the processor, so the same tensors reach their forward.
 QWEN3_MODEL_INPUTS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids")
 MISTRAL_IMAGE_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
+GLM4V_VIDEO_SPAN = ("<|begin_of_video|>", "<|end_of_video|>")
+# GLM-4.1V writes a video's frames as images inside <|begin_of_video|>...<|end_of_video|>.
+GLM4V_MEDIA_TOKENS = ("<|begin_of_image|>", "<|image|>", "<|end_of_image|>", "<|video|>") + GLM4V_VIDEO_SPAN
 LLAMA4_IMAGE_TOKENS = (
     "<|image_start|>",
     "<|image|>",
@@ -198,6 +209,20 @@ _FAMILIES = (
         model_types=("llama4",),
         media_tokens=LLAMA4_IMAGE_TOKENS,
         model_inputs=("pixel_values",),
+    ),
+    Family(
+        alias="glm4v",
+        default_checkpoint="zai-org/GLM-4.1V-9B-Thinking",
+        template_name="glm4v",
+        modalities=("image", "video"),
+        # GLM-4.5V (glm4v_moe) shares the processor but not the chat template (its own has tools, /nothink and
+        # reasoning_content).
+        model_types=("glm4v",),
+        media_tokens=GLM4V_MEDIA_TOKENS,
+        model_inputs=("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids"),
+        # Each frame is <|begin_of_image|><|image|>...<|end_of_image|> then its second as text ("3").
+        video_span=GLM4V_VIDEO_SPAN,
+        images_beside_videos=False,
     ),
 )
 
