@@ -322,3 +322,34 @@ def test_gemma3_packing_refuses_flash_attention_in_one_sentence(shards):
     model.config.get_text_config()._attn_implementation = "flash_attention_2"
     with pytest.raises(FatalError, match="Gemma 3 packs with sdpa, eager or flex attention"):
         packing_collator(layout, 0, model, "gemma3")
+
+
+def test_glm4v_packs_video_rows_apart_from_image_rows_and_each_stays_exact(tmp_path):
+    import datasets
+    from PIL import Image
+
+    from tests.test_video_tokenize import IMAGE_PART, png, text, video_rows
+    from vlmdata.schema import NORMALISED_FEATURES
+    from vlmdata.train.packing import plan_rows
+
+    still = {"messages": [{"role": "user", "content": [IMAGE_PART, text("What is it?")]},
+                          {"role": "assistant", "content": [text("A green card.")]}],
+             "images": [png(Image.new("RGB", (64, 48), (30, 160, 40)))], "videos": [], "audios": [], "id": "still",
+             "source": "made"}
+    data = tmp_path / "normalised"
+    datasets.Dataset.from_list(video_rows() + [still, {**still, "id": "still-2"}],
+                               features=NORMALISED_FEATURES).save_to_disk(str(data))
+    shards_dir = tmp_path / "shards"
+    tokenize(data, shards_dir, model=str(tiny_model("glm4v")), progress=False)
+    rows, layout = _rows(shards_dir)
+    has_video = [len(row["pixel_values_videos"]) > 0 for row in rows]
+    assert any(has_video) and not all(has_video)
+
+    plan = plan_rows(datasets.load_from_disk(str(shards_dir)), PackOptions(pack_length=4096), 0, None, "glm4v")
+    assert sorted(len(pack) for pack in plan.packs) == sorted([has_video.count(True), has_video.count(False)])
+    assert all(len({has_video[row] for row in pack}) == 1 for pack in plan.packs)
+    model = _model("glm4v")
+    collate = _packing(model, layout, "glm4v")
+    for pack in plan.packs:  # a batch of one pack: a batch holding both images and videos fails the same way
+        chosen = [rows[row] for row in pack]
+        assert _worst_difference(model, layout, chosen, [list(range(len(pack)))], collate) < TOLERANCE

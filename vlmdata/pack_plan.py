@@ -92,13 +92,15 @@ def padding_fraction(lengths: list[int] | np.ndarray, batch_size: int) -> float:
 
 
 def plan_packs(lengths: np.ndarray, options: PackOptions, seed: int, epoch: int = 0,
-               media: np.ndarray | None = None, row_ids: list[str] | None = None) -> PackPlan:
+               media: np.ndarray | None = None, row_ids: list[str] | None = None,
+               groups: np.ndarray | None = None) -> PackPlan:
     """Every row in exactly one pack, deterministic per seed and epoch.
 
     Args:
         lengths: each row's token count (the shards' `length` column).
         media: each row's media token count, for `options.media_budget`.
         row_ids: the rows' ids, to name a row that fits in no pack.
+        groups: a label per row; rows of different labels never share a pack (GLM-4.1V's videos and images).
 
     Raises:
         FatalError: a row is longer than the pack length, or holds more media tokens than the budget.
@@ -108,6 +110,17 @@ def plan_packs(lengths: np.ndarray, options: PackOptions, seed: int, epoch: int 
     _check_fits(lengths, media, options, row_ids)
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
+    packs = []
+    for group in (np.unique(groups) if groups is not None else [None]):
+        members = order if group is None else order[np.asarray(groups)[order] == group]
+        packs += _best_fit_decreasing(members, lengths, media, options)
+    shuffled = [packs[index] for index in rng.permutation(len(packs))]
+    return PackPlan(shuffled, [int(lengths[pack].sum()) for pack in shuffled], options.pack_length)
+
+
+def _best_fit_decreasing(order: np.ndarray, lengths: np.ndarray, media: np.ndarray,
+                         options: PackOptions) -> list[list[int]]:
+    """The packs of the rows in `order`, window by window."""
     room_tokens: list[int] = []  # per open pack
     room_media: list[int] = []
     packs: list[list[int]] = []
@@ -133,8 +146,7 @@ def plan_packs(lengths: np.ndarray, options: PackOptions, seed: int, epoch: int 
         open_packs = [open_packs[index] for index in keep]
         room_tokens = [room_tokens[index] for index in keep]
         room_media = [room_media[index] for index in keep]
-    shuffled = [packs[index] for index in rng.permutation(len(packs))]
-    return PackPlan(shuffled, [int(lengths[pack].sum()) for pack in shuffled], options.pack_length)
+    return packs
 
 
 def _best_fit(open_packs, room_tokens, room_media, length, media) -> int | None:

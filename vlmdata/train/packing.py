@@ -21,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from vlmdata.batching import stack_padded
@@ -30,11 +32,15 @@ from vlmdata.labels import IGNORE_INDEX
 from vlmdata.models.registry import get_family
 from vlmdata.pack_plan import PackOptions, PackPlan, media_token_counts, plan_packs
 from vlmdata.shards import TensorLayout, arrow_row, model_inputs
+from vlmdata.tensor_spec import VIDEO_PIXELS
 
 # Families whose every layer sees only the restarted positions and the block-diagonal mask they make.
 PLAIN = ("gemma3n", "gemma4", "llava", "pixtral", "mistral3", "llama4")
 # Families whose rotary positions come from the images' grids (M-RoPE).
-MROPE = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+MROPE = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v")
+# Families whose video rows and image rows cannot share a pack: transformers counts GLM-4.1V's video frame tokens
+# as image tokens once a sequence holds both, and its forward then fails.
+VIDEOS_APART = ("glm4v",)
 # Families that take their full and sliding-window masks from the collator, each image's block inside its sample.
 LAYER_TYPE_MASKS = ("gemma3",)
 REFUSED = {
@@ -89,7 +95,18 @@ def plan_rows(rows, options: PackOptions, seed: int, processor, family: str | No
         ids = {tokenizer.convert_tokens_to_ids(token) for token in media_tokens} - {None, tokenizer.unk_token_id}
         media = media_token_counts(table["input_ids"], ids)
     ids = [str(value) for value in table["id"].to_pylist()] if "id" in rows.column_names else None
-    return plan_packs(table["length"].to_numpy(), options, seed, epoch, media=media, row_ids=ids)
+    groups = None
+    if family in VIDEOS_APART and VIDEO_PIXELS in rows.column_names:
+        groups = _item_counts(table[VIDEO_PIXELS]) > 0
+    return plan_packs(table["length"].to_numpy(), options, seed, epoch, media=media, row_ids=ids, groups=groups)
+
+
+def _item_counts(column: pa.ChunkedArray) -> np.ndarray:
+    """Each row's number of entries along the first axis of a stored tensor (0 where it is missing)."""
+    array = column.combine_chunks()
+    if isinstance(array, pa.ExtensionArray):
+        array = array.storage
+    return pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
 
 
 def packing_collator(layout: TensorLayout, pad_token_id: int, model: torch.nn.Module, family: str | None,
