@@ -33,6 +33,8 @@ ASSISTANT_SPAN = {
     "llama4": lambda text: text + "<|eot|>",
     "pixtral": lambda text: text + EOS,
     "mistral_v7_tekken": lambda text: text + EOS,
+    "internvl": lambda text: text + "<|im_end|>",
+    "llava_onevision": lambda text: text + "<|im_end|>",
 }
 
 
@@ -129,7 +131,7 @@ TOOL_CONVERSATIONS = {
         assistant("Sunny and warm."),
     ],
 }
-VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5", "gemma4")
+VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5", "gemma4", "internvl", "llava_onevision")
 # Qwen3.5 opens each reply after the last user turn with a think block, empty when the reply has no reasoning.
 THINK_BLOCK = {"qwen3_5": "<think>\n\n</think>\n\n"}
 
@@ -144,6 +146,7 @@ def conversations_for(name):
         conversations.update(MIXED_MEDIA_CONVERSATIONS)
     if name in ("qwen3_vl", "qwen3_5"):
         conversations.update(THINKING_CONVERSATIONS)
+    if name in ("qwen3_vl", "qwen3_5", "internvl"):
         conversations.update(TOOL_CONVERSATIONS)
     return conversations
 
@@ -158,7 +161,7 @@ def official_input(name, conversation):
     rewritten = []
     for message in conversation:
         content = message["content"]
-        if name == "llava" and isinstance(content, str):
+        if name in ("llava", "llava_onevision") and isinstance(content, str):
             content = [text(content)]
         if name == "llama3_2_vision" and message["role"] == "system" and not isinstance(content, str):
             content = "".join(part["text"] for part in content if part["type"] == "text")
@@ -325,7 +328,7 @@ CONTROL_TOKENS = [
     "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<image>",
     "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>", "<|header_start|>", "<|header_end|>",
     "<|eot|>", "<|video_pad|>", "[INST]", "[/INST]", "[IMG]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<|turn>",
-    "<turn|>", "<|audio|>", "<|video|>", "<|channel>", "<channel|>", "<|think|>",
+    "<turn|>", "<|audio|>", "<|video|>", "<|channel>", "<channel|>", "<|think|>", "<IMG_CONTEXT>", "<video>",
 ]  # fmt: skip
 
 

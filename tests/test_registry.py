@@ -16,7 +16,7 @@ from vlmdata.models import FAMILIES, family_for_config, family_for_model_type, g
 from vlmdata.models.loading import load_processor
 
 ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava", "mllama", "pixtral", "mistral3",
-           "llama4", "gemma4"]
+           "llama4", "gemma4", "internvl", "llava_onevision"]
 
 
 def test_every_documented_alias_is_known():
@@ -38,6 +38,8 @@ def test_every_documented_alias_is_known():
         ("mistral3", "mistralai/Mistral-Small-3.1-24B-Instruct-2503", "mistral_v7_tekken"),
         ("llama4", "meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama4"),
         ("gemma4", "google/gemma-4-E2B-it", "gemma4"),
+        ("internvl", "OpenGVLab/InternVL3-1B-hf", "internvl"),
+        ("llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision"),
     ],
 )
 def test_alias_names_its_checkpoint_and_template(alias, checkpoint, template):
@@ -59,6 +61,15 @@ def test_gemma4_takes_images_video_and_audio_and_times_its_frames():
     timestamp = re.compile(family.frame_timestamp)
     assert timestamp.fullmatch("00:03 ") and timestamp.fullmatch(" 12:40 ")
     assert not timestamp.fullmatch("at 00:03 ") and not timestamp.fullmatch("00:03")
+
+
+def test_internvl_numbers_its_frames():
+    family = get_family("internvl")
+    assert family.modalities == ("image", "video")
+    # The processor's "Frame1: " before the first frame, "\nFrame2: " before each later one.
+    timestamp = re.compile(family.frame_timestamp)
+    assert timestamp.fullmatch("Frame1: ") and timestamp.fullmatch("\nFrame12: ")
+    assert not timestamp.fullmatch("See Frame1: ") and not timestamp.fullmatch("Frame1:")
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -111,6 +122,8 @@ def test_unknown_alias_is_fatal_and_lists_the_known_ones():
         ("mistral3", "mistral3"),
         ("llama4", "llama4"),
         ("gemma4", "gemma4"),
+        ("internvl", "internvl"),
+        ("llava_onevision", "llava_onevision"),
     ],
 )
 def test_model_type_maps_to_its_family(model_type, alias):

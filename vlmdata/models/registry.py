@@ -65,6 +65,12 @@ QWEN3_FRAME_TIMESTAMP = r"<\d+(\.\d+)? seconds>"
 # Qwen3-VL and Qwen3.5 share the processor, so the same tensors reach their forward.
 QWEN3_MODEL_INPUTS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "mm_token_type_ids")
 MISTRAL_IMAGE_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
+# InternVL writes every image tile and every video frame as <img><IMG_CONTEXT>...</img>; <video> is the
+# template's placeholder for a video, which the processor replaces.
+INTERNVL_MEDIA_TOKENS = ("<img>", "<IMG_CONTEXT>", "</img>", "<video>")
+# Before each video frame InternVL's processor writes "Frame1: ", the later frames after a newline.
+INTERNVL_FRAME_START = ("<img>", "<IMG_CONTEXT>")
+INTERNVL_FRAME_TIMESTAMP = r"\n?Frame\d+: "
 LLAMA4_IMAGE_TOKENS = (
     "<|image_start|>",
     "<|image|>",
@@ -198,6 +204,28 @@ _FAMILIES = (
         model_types=("llama4",),
         media_tokens=LLAMA4_IMAGE_TOKENS,
         model_inputs=("pixel_values",),
+    ),
+    Family(
+        alias="internvl",
+        default_checkpoint="OpenGVLab/InternVL3-1B-hf",
+        template_name="internvl",
+        modalities=("image", "video"),
+        model_types=("internvl",),
+        media_tokens=INTERNVL_MEDIA_TOKENS,
+        # The processor puts image tiles and video frames, in the order the text names them, in pixel_values.
+        model_inputs=("pixel_values",),
+        frame_start=INTERNVL_FRAME_START,
+        frame_timestamp=INTERNVL_FRAME_TIMESTAMP,
+    ),
+    Family(
+        alias="llava_onevision",
+        default_checkpoint="llava-hf/llava-onevision-qwen2-7b-ov-hf",
+        template_name="llava_onevision",
+        modalities=("image", "video"),
+        model_types=("llava_onevision",),
+        media_tokens=("<image>", "<video>"),
+        # batch_num_images: a row with one image is cut into AnyRes tiles, a row with several is not.
+        model_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"),
     ),
 )
 
