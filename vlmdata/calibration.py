@@ -53,7 +53,8 @@ def probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
     """Two made-up conversations with differently sized images (and audio, and videos), to find the layout.
 
     Where the family takes videos, the first holds one video and the second two, of odd frame counts whose
-    frames all differ, so that video pixels are found to be stored frame by frame.
+    frames all differ, so that video pixels are found to be stored frame by frame. The second row's two videos
+    differ in length too, unless the family's processor stacks a row's videos into one tensor.
     """
     def drawn(width: int, height: int) -> Image.Image:
         # Stripes through every level in each channel: the checks on pixels see all 256 values.
@@ -79,7 +80,7 @@ def probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
     return [
         row([drawn(64, 48)], 0.5 if with_audio else None, [moving(3, 56, 42)] if with_video else []),
         row([drawn(140, 50), drawn(30, 90)], 1.0 if with_audio else None,
-            [moving(5, 84, 56), moving(3, 42, 70)] if with_video else []),
+            [moving(5, 84, 56), moving(5 if loaded.family.stacks_videos else 3, 42, 70)] if with_video else []),
     ]
 
 

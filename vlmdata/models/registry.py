@@ -41,6 +41,8 @@ class Family:
         frame_start: The tokens that open each video frame, where the processor writes a timestamp as text
             before every frame (Qwen3-VL's "<1.5 seconds>"); empty for the others.
         frame_timestamp: A regular expression that timestamp text fully matches. It is media, never trained.
+        stacks_videos: The processor stacks a row's videos into one tensor, so they must have as many frames
+            (InternVL, LLaVA-OneVision); a row whose videos differ in length is the processor's error, a reject.
     """
 
     alias: str
@@ -52,6 +54,7 @@ class Family:
     model_inputs: tuple[str, ...]
     frame_start: tuple[str, ...] = ()
     frame_timestamp: str | None = None
+    stacks_videos: bool = False
 
 
 GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<image_soft_token>", "<end_of_image>")
@@ -216,6 +219,7 @@ _FAMILIES = (
         model_inputs=("pixel_values",),
         frame_start=INTERNVL_FRAME_START,
         frame_timestamp=INTERNVL_FRAME_TIMESTAMP,
+        stacks_videos=True,
     ),
     Family(
         alias="llava_onevision",
@@ -226,6 +230,7 @@ _FAMILIES = (
         media_tokens=("<image>", "<video>"),
         # batch_num_images: a row with one image is cut into AnyRes tiles, a row with several is not.
         model_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"),
+        stacks_videos=True,
     ),
 )
 
