@@ -1,6 +1,6 @@
-"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL and Qwen3.5 shards hold each frame once
-as uint8 codes and rebuild the processor's own tensors bit for bit; families without video refuse them or take
-their frames as images; a forward pass on collated video shards equals the one on the processor's batch."""
+"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Gemma 4, InternVL and
+LLaVA-OneVision shards hold each frame once as uint8 codes and rebuild the processor's own tensors bit for bit;
+families without video refuse them or take their frames as images; a forward pass on collated video shards equals the one on the processor's batch."""
 
 from __future__ import annotations
 
@@ -374,3 +374,45 @@ def test_frame_timestamps_are_never_trained_even_with_train_on_all(alias, video_
         trained = tokenizer.decode(ids[labels != -100])
         assert "seconds" not in trained
         assert "<|im_start|>user" in trained and "A square moves right." in trained  # all but the media
+
+
+# Where each family keeps its video pixels: InternVL puts the frames among the image tiles, in text order.
+STACKED_VIDEO_PIXELS = {"internvl": "pixel_values", "llava_onevision": "pixel_values_videos"}
+
+
+@pytest.mark.parametrize("alias", sorted(STACKED_VIDEO_PIXELS))
+def test_stacked_video_shards_rebuild_the_processor_output_bit_for_bit(alias, video_data, video_shards):
+    out = video_shards(alias)
+    layout = read_layout(out)
+    assert {spec.name: spec for spec in layout.tensors}[STACKED_VIDEO_PIXELS[alias]].stored_dtype == "uint8"
+    loaded = load_processor(str(tiny_model(alias)))
+    processor, template = loaded.processor, load_template(loaded.family.template_name)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias)).eval()
+    shards = {row["id"]: row for row in load_shards(out)}
+    for row in datasets.load_from_disk(str(video_data)):
+        expected = oracle_outputs(processor, row, template)
+        rebuilt = model_inputs(shards[row["id"]], layout)
+        assert set(rebuilt) == set(expected) - {"assistant_masks"} | {"labels"}, row["id"]
+        for name, tensor in expected.items():
+            if name != "assistant_masks":
+                assert rebuilt[name].dtype == tensor.dtype and torch.equal(rebuilt[name], tensor), (row["id"], name)
+        expected.pop("assistant_masks")
+        batch = ShardCollator(layout, pad_token_id=0)([shards[row["id"]]])
+        with torch.no_grad():
+            got = model(**{name: value for name, value in batch.items() if name != "labels"}).logits
+            assert torch.allclose(got, model(**expected).logits, atol=1e-5), (alias, row["id"])
+
+
+def test_internvl_frame_numbers_are_never_trained(video_data, tmp_path):
+    out = tmp_path / "all"
+    tokenize(video_data, out, model=str(tiny_model("internvl")), train_on="all", progress=False)
+    tokenizer = load_processor(str(tiny_model("internvl"))).processor.tokenizer
+    frame_counts = {row["id"]: len(row["videos"][0]["frames"]) for row in datasets.load_from_disk(str(video_data))}
+    for row in load_shards(out):
+        frames = frame_counts[row["id"]]
+        trained = tokenizer.decode(row["input_ids"][row["labels"] != -100].tolist())
+        masked = tokenizer.decode(row["input_ids"][row["labels"] == -100].tolist())
+        # With --train-on all every text token is trained but the media and the "FrameN: " before each frame.
+        assert "Frame" not in trained and "<img>" not in trained, row["id"]
+        assert len(re.findall(r"Frame\d+: <img>", masked)) == frames, row["id"]
+        assert "<|im_start|>user" in trained and "A square moves right." in trained, row["id"]
