@@ -1,6 +1,7 @@
 """Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Gemma 4, InternVL and
 LLaVA-OneVision shards hold each frame once as uint8 codes and rebuild the processor's own tensors bit for bit;
-families without video refuse them or take their frames as images; a forward pass on collated video shards equals the one on the processor's batch."""
+families without video refuse them or take their frames as images; a forward pass on collated video shards equals
+the one on the processor's batch."""
 
 from __future__ import annotations
 
