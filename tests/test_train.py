@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
+from tests.tokenize_fixtures import FAMILIES, ROOT, normalised, tiny_model
 from vlmdata.cli import cli
 from vlmdata.convert import convert
 from vlmdata.readers import ReaderOptions
@@ -228,3 +229,18 @@ def test_default_targets_put_lora_on_every_qwen3_layer_and_axolotls_list_finds_t
     listed = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "in_proj_qkv", "in_proj_z",
               "out_proj"]
     assert lora_targets(model, lora_target_modules(listed)) == targets
+
+
+@pytest.mark.parametrize("alias", ["internvl", "llava_onevision"])
+def test_internvl_and_llava_onevision_adapt_only_their_language_model(alias):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias))
+    assert vision_modules(model) == ["model.vision_tower", "model.multi_modal_projector"]
+    default = lora_targets(model, DEFAULT_LORA_TARGETS)
+    assert len(default) == 7 * model.config.text_config.num_hidden_layers
+    assert all(name.startswith("model.language_model.layers.") for name in default)
+    # The recipe's axolotl regex finds the same layers. axolotl's list form would not: the vision tower names its
+    # attention projections q_proj, k_proj and v_proj too, and a list matches them anywhere in the model.
+    recipe = yaml.safe_load((ROOT / "recipes" / f"{alias}.yaml").read_text())
+    assert lora_targets(model, lora_target_modules(recipe["lora_target_modules"])) == default
+    listed = lora_targets(model, lora_target_modules(["q_proj", "k_proj", "v_proj", "o_proj"]))
+    assert any(name.startswith("model.vision_tower.") for name in listed)
