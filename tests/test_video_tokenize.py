@@ -417,3 +417,23 @@ def test_internvl_frame_numbers_are_never_trained(video_data, tmp_path):
         assert "Frame" not in trained and "<img>" not in trained, row["id"]
         assert len(re.findall(r"Frame\d+: <img>", masked)) == frames, row["id"]
         assert "<|im_start|>user" in trained and "A square moves right." in trained, row["id"]
+
+
+@pytest.mark.parametrize("alias", sorted(STACKED_VIDEO_PIXELS))
+def test_videos_of_different_lengths_in_one_row_are_a_reject_where_the_processor_stacks_them(alias, tmp_path):
+    def row(row_id, *frame_counts):
+        content = [VIDEO_PART] * len(frame_counts) + [text("Both?")]
+        return {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": [text("Yes.")]}],
+                "images": [], "videos": [stored_video(moving_frames(count)) for count in frame_counts], "audios": [],
+                "id": row_id, "source": "made"}
+
+    data = tmp_path / "normalised"
+    datasets.Dataset.from_list([row("lengths-differ", 4, 3), row("same-length", 3, 3)],
+                               features=NORMALISED_FEATURES).save_to_disk(str(data))
+    summary = tokenize(data, tmp_path / "shards", model=str(tiny_model(alias)), progress=False)
+    assert (summary.rows_written, summary.rows_rejected) == (1, 1)
+    (reject,) = [json.loads(line) for line in (tmp_path / "shards" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["id"] == "lengths-differ" and reject["reason"].startswith("the processor failed"), reject
+    (written,) = load_shards(tmp_path / "shards")
+    pixels = model_inputs(written, read_layout(tmp_path / "shards"))[STACKED_VIDEO_PIXELS[alias]]
+    assert pixels.shape[:2] == ((6, 3) if alias == "internvl" else (2, 3))
