@@ -34,6 +34,8 @@ ASSISTANT_SPAN = {
     "pixtral": lambda text: text + EOS,
     "mistral_v7_tekken": lambda text: text + EOS,
     "glm4v": lambda text: text,  # GLM-4.1V writes no end-of-turn token: the next role token follows the reply
+    "internvl": lambda text: text + "<|im_end|>",
+    "llava_onevision": lambda text: text + "<|im_end|>",
 }
 
 
@@ -130,7 +132,7 @@ TOOL_CONVERSATIONS = {
         assistant("Sunny and warm."),
     ],
 }
-VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5", "gemma4", "glm4v")
+VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5", "gemma4", "glm4v", "internvl", "llava_onevision")
 # Qwen3.5 opens each reply after the last user turn with a think block, empty when the reply has no reasoning.
 THINK_BLOCK = {"qwen3_5": "<think>\n\n</think>\n\n"}
 
@@ -145,6 +147,7 @@ def conversations_for(name):
         conversations.update(MIXED_MEDIA_CONVERSATIONS)
     if name in ("qwen3_vl", "qwen3_5"):
         conversations.update(THINKING_CONVERSATIONS)
+    if name in ("qwen3_vl", "qwen3_5", "internvl"):
         conversations.update(TOOL_CONVERSATIONS)
     if name == "glm4v":
         conversations.update(THINKING_CONVERSATIONS)
@@ -161,7 +164,7 @@ def official_input(name, conversation):
     rewritten = []
     for message in conversation:
         content = message["content"]
-        if name == "llava" and isinstance(content, str):
+        if name in ("llava", "llava_onevision") and isinstance(content, str):
             content = [text(content)]
         if name == "llama3_2_vision" and message["role"] == "system" and not isinstance(content, str):
             content = "".join(part["text"] for part in content if part["type"] == "text")
@@ -349,6 +352,7 @@ CONTROL_TOKENS = [
     "<|eot|>", "<|video_pad|>", "[INST]", "[/INST]", "[IMG]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<|turn>",
     "<turn|>", "<|audio|>", "<|video|>", "<|channel>", "<channel|>", "<|think|>", "[gMASK]", "<sop>", "<|system|>",
     "<|user|>", "<|assistant|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
+    "<IMG_CONTEXT>", "<video>",
 ]  # fmt: skip
 
 

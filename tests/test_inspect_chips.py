@@ -1,8 +1,8 @@
 """Media chips on the inspect page: one chip per image or audio clip, for every family with a tiny model.
 
-The families differ in how a media run ends: Gemma, Qwen, Mistral and Llama 4 close it with a token of its own,
-while LLaVA repeats <image> and Mllama writes one <|image|> per image, so adjacent images there are told apart
-only by their length.
+The families differ in how a media run ends: Gemma, Qwen, Mistral, Llama 4 and InternVL close it with a token of
+its own, while LLaVA (and LLaVA-OneVision) repeats <image> and Mllama writes one <|image|> per image, so adjacent
+images there are told apart only by their length.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ PADS_AFTER_NORMALISING = {"pixtral", "mistral3", "mllama"}
 # Asked for no tensors, Llama 4's image processor returns its tiles as one array per image, which stack to
 # another shape: its tokenizer's lists cannot be taken, so it is asked for numpy.
 STACKS_IMAGES_OTHERWISE = {"llama4"}
+# InternVL's processor slices and joins its pixels as torch tensors: it is asked for torch.
+TAKES_ONLY_TORCH = {"internvl"}
 
 
 def photo(path: Path, width: int, height: int, seed: int) -> str:
@@ -67,7 +69,8 @@ def test_every_family_gets_its_quick_call_and_the_same_tensors(photos_dir, tmp_p
         summary = tokenize(photos_dir, out, model=str(tiny_model(alias)), progress=False)
         assert summary.rows_written == 2, (alias, summary.rejects_by_reason)
         call = json.loads((out / "vlmdata.json").read_text())["processor_call"]
-        assert call["return_tensors"] == ("np" if alias in STACKS_IMAGES_OTHERWISE else None), (alias, call)
+        expected_tensors = "np" if alias in STACKS_IMAGES_OTHERWISE else "pt" if alias in TAKES_ONLY_TORCH else None
+        assert call["return_tensors"] == expected_tensors, (alias, call)
         assert call["vectorised_masks"] and call["image_arrays"], alias
         codes = [] if alias in PADS_AFTER_NORMALISING else ["pixel_values"]
         if "video" in get_family(alias).modalities:  # video pixels are asked for as codes as well

@@ -16,7 +16,7 @@ from vlmdata.models import FAMILIES, family_for_config, family_for_model_type, g
 from vlmdata.models.loading import load_processor
 
 ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava", "mllama", "pixtral", "mistral3",
-           "llama4", "gemma4", "glm4v"]
+           "llama4", "gemma4", "glm4v", "internvl", "llava_onevision"]
 
 
 def test_every_documented_alias_is_known():
@@ -39,6 +39,8 @@ def test_every_documented_alias_is_known():
         ("llama4", "meta-llama/Llama-4-Scout-17B-16E-Instruct", "llama4"),
         ("gemma4", "google/gemma-4-E2B-it", "gemma4"),
         ("glm4v", "zai-org/GLM-4.1V-9B-Thinking", "glm4v"),
+        ("internvl", "OpenGVLab/InternVL3-1B-hf", "internvl"),
+        ("llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision"),
     ],
 )
 def test_alias_names_its_checkpoint_and_template(alias, checkpoint, template):
@@ -67,6 +69,15 @@ def test_glm4v_takes_images_and_video_and_counts_all_of_a_video_as_media():
     assert family.modalities == ("image", "video")
     assert family.video_span == ("<|begin_of_video|>", "<|end_of_video|>")
     assert set(family.video_span) | {"<|begin_of_image|>", "<|image|>", "<|end_of_image|>"} <= set(family.media_tokens)
+
+
+def test_internvl_numbers_its_frames():
+    family = get_family("internvl")
+    assert family.modalities == ("image", "video")
+    # The processor's "Frame1: " before the first frame, "\nFrame2: " before each later one.
+    timestamp = re.compile(family.frame_timestamp)
+    assert timestamp.fullmatch("Frame1: ") and timestamp.fullmatch("\nFrame12: ")
+    assert not timestamp.fullmatch("See Frame1: ") and not timestamp.fullmatch("Frame1:")
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -120,6 +131,8 @@ def test_unknown_alias_is_fatal_and_lists_the_known_ones():
         ("llama4", "llama4"),
         ("gemma4", "gemma4"),
         ("glm4v", "glm4v"),
+        ("internvl", "internvl"),
+        ("llava_onevision", "llava_onevision"),
     ],
 )
 def test_model_type_maps_to_its_family(model_type, alias):

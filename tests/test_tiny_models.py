@@ -42,6 +42,8 @@ EXPECTED_CLASSES = {  # alias: (processor, model)
     "llama4": ("Llama4Processor", "Llama4ForConditionalGeneration"),
     "gemma4": ("Gemma4Processor", "Gemma4ForConditionalGeneration"),
     "glm4v": ("Glm4vProcessor", "Glm4vForConditionalGeneration"),
+    "internvl": ("InternVLProcessor", "InternVLForConditionalGeneration"),
+    "llava_onevision": ("LlavaOnevisionProcessor", "LlavaOnevisionForConditionalGeneration"),
 }
 
 # The token whose ids the model replaces with image features, as in the real checkpoints' configs.
@@ -59,6 +61,8 @@ MODEL_IMAGE_TOKEN = {
     "llama4": "<|patch|>",
     "gemma4": "<|image|>",
     "glm4v": "<|image|>",
+    "internvl": "<IMG_CONTEXT>",
+    "llava_onevision": "<image>",
 }
 
 ORDINARY_TEXT = [
@@ -141,7 +145,21 @@ def expected_image_tokens(alias: str, config, inputs) -> int:
         # Each image is resized to fit the soft-token budget: its real patches (not padding) pooled k x k.
         patches = int((inputs["image_position_ids"] != -1).all(-1).sum())
         return patches // vision.pooling_kernel_size**2
+    if alias == "internvl":
+        # Each tile's patches, pixel-shuffled by the downsample ratio.
+        patches = (vision.image_size[0] // vision.patch_size[0]) * (vision.image_size[1] // vision.patch_size[1])
+        return int(patches * config.downsample_ratio**2) * len(inputs["pixel_values"])
+    if alias == "llava_onevision":
+        # AnyRes: the base crop's features, the unpadded grid of tiles and a newline per row, as the model packs them.
+        with torch.no_grad():
+            return sum(len(features) for features in model_image_features(config, inputs))
     raise AssertionError(f"no expectation for {alias}")
+
+
+def model_image_features(config, inputs) -> list[torch.Tensor]:
+    model = AutoModelForImageTextToText.from_config(config)
+    return model.model.get_image_features(
+        inputs["pixel_values"], inputs["image_sizes"], batch_num_images=inputs["batch_num_images"]).pooler_output
 
 
 def forward_loss(model, inputs) -> torch.Tensor:
@@ -354,6 +372,20 @@ def glm4v_video_inputs(processor, *images):
         processor_kwargs={"videos_kwargs": {"do_sample_frames": False, "video_metadata": [metadata]}})
 
 
+VIDEO_FRAMES = np.stack([np.asarray(drawn_image(64, 48, (40 * i, 90, 200 - 40 * i))) for i in range(3)])
+
+
+def render_video(processor, *images: Image.Image):
+    from transformers.video_utils import VideoMetadata
+
+    messages = conversation(*images)
+    messages[0]["content"].insert(0, {"type": "video", "video": VIDEO_FRAMES})
+    metadata = VideoMetadata(total_num_frames=3, fps=1.0, frames_indices=[0, 1, 2], width=64, height=48)
+    return processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"videos_kwargs": {"do_sample_frames": False, "video_metadata": [metadata]}})
+
+
 def test_glm4v_writes_each_frame_as_an_image_followed_by_its_second(load):
     processor, model = load("glm4v")
     inputs = glm4v_video_inputs(processor)
@@ -374,3 +406,33 @@ def test_glm4v_forward_cannot_take_an_image_beside_a_video(load):
     processor, model = load("glm4v")
     with pytest.raises(ValueError, match="Image features and image tokens do not match"):
         model(**glm4v_video_inputs(processor, *ONE_IMAGE))
+
+
+def test_internvl_writes_each_video_frame_as_a_numbered_tile(load):
+    processor, model = load("internvl")
+    inputs = render_video(processor, *ONE_IMAGE)
+    ids = inputs["input_ids"]
+    # The frames come first in pixel_values, as the video comes first in the text, then the image's tile.
+    assert len(inputs["pixel_values"]) == 3 + 1
+    assert int((ids == model.config.image_token_id).sum()) == 4 * model.config.image_seq_length
+    decoded = processor.tokenizer.decode(ids[0])
+    assert "Frame1: <img>" in decoded and "</img>\nFrame3: <img>" in decoded and "Frame4" not in decoded
+    with torch.no_grad():
+        outputs = model(**inputs)
+        frames_swapped = torch.cat([inputs["pixel_values"][:3].flip(0), inputs["pixel_values"][3:]])
+        assert not torch.allclose(model(**{**inputs, "pixel_values": frames_swapped}).logits, outputs.logits)
+
+
+def test_llava_onevision_pools_each_video_frame(load):
+    processor, model = load("llava_onevision")
+    inputs = render_video(processor, *ONE_IMAGE)
+    ids = inputs["input_ids"]
+    # 4x4 patch features pooled to 2x2 per frame, and one newline feature for the whole video.
+    assert int((ids == model.config.video_token_id).sum()) == 3 * 4 + 1
+    assert tuple(inputs["pixel_values_videos"].shape) == (1, 3, 3, 16, 16)
+    with torch.no_grad():
+        outputs = model(**inputs)
+        changed = {**inputs, "pixel_values_videos": inputs["pixel_values_videos"].flip(1)}
+        assert not torch.allclose(model(**changed).logits, outputs.logits)
+        changed = {**inputs, "pixel_values": inputs["pixel_values"] * 0.5}
+        assert not torch.allclose(model(**changed).logits, outputs.logits)

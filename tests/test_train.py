@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
+from tests.tokenize_fixtures import FAMILIES, ROOT, normalised, tiny_model
 from vlmdata.cli import cli
 from vlmdata.convert import convert
 from vlmdata.readers import ReaderOptions
@@ -244,3 +245,18 @@ def test_glm4v_adapts_every_language_model_projection_and_axolotls_regex_finds_t
     # A list of names reaches the vision tower too, whose MLPs and merger have down_proj layers of their own.
     listed = lora_targets(model, lora_target_modules(sorted(projections)))
     assert set(targets) < set(listed) and all(name.startswith("model.visual.") for name in set(listed) - set(targets))
+
+
+@pytest.mark.parametrize("alias", ["internvl", "llava_onevision"])
+def test_internvl_and_llava_onevision_adapt_only_their_language_model(alias):
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias))
+    assert vision_modules(model) == ["model.vision_tower", "model.multi_modal_projector"]
+    default = lora_targets(model, DEFAULT_LORA_TARGETS)
+    assert len(default) == 7 * model.config.text_config.num_hidden_layers
+    assert all(name.startswith("model.language_model.layers.") for name in default)
+    # The recipe's axolotl regex finds the same layers. axolotl's list form would not: the vision tower names its
+    # attention projections q_proj, k_proj and v_proj too, and a list matches them anywhere in the model.
+    recipe = yaml.safe_load((ROOT / "recipes" / f"{alias}.yaml").read_text())
+    assert lora_targets(model, lora_target_modules(recipe["lora_target_modules"])) == default
+    listed = lora_targets(model, lora_target_modules(["q_proj", "k_proj", "v_proj", "o_proj"]))
+    assert any(name.startswith("model.vision_tower.") for name in listed)

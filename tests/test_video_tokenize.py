@@ -1,6 +1,7 @@
-"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5 and GLM-4.1V shards hold each frame once
-as uint8 codes and rebuild the processor's own tensors bit for bit; families without video refuse them or take
-their frames as images; a forward pass on collated video shards equals the one on the processor's batch."""
+"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Gemma 4, GLM-4.1V, InternVL and
+LLaVA-OneVision shards hold each frame once as uint8 codes and rebuild the processor's own tensors bit for bit;
+families without video refuse them or take their frames as images; a forward pass on collated video shards equals
+the one on the processor's batch."""
 
 from __future__ import annotations
 
@@ -413,3 +414,65 @@ def test_glm4v_frame_seconds_are_never_trained_even_with_train_on_all(video_data
         assert np.all(labels[start:end + 1] == -100)
         trained = tokenizer.decode(ids[labels != -100])
         assert "<|user|>" in trained and "A square moves right." in trained  # all but the media
+
+
+# Where each family keeps its video pixels: InternVL puts the frames among the image tiles, in text order.
+STACKED_VIDEO_PIXELS = {"internvl": "pixel_values", "llava_onevision": "pixel_values_videos"}
+
+
+@pytest.mark.parametrize("alias", sorted(STACKED_VIDEO_PIXELS))
+def test_stacked_video_shards_rebuild_the_processor_output_bit_for_bit(alias, video_data, video_shards):
+    out = video_shards(alias)
+    layout = read_layout(out)
+    assert {spec.name: spec for spec in layout.tensors}[STACKED_VIDEO_PIXELS[alias]].stored_dtype == "uint8"
+    loaded = load_processor(str(tiny_model(alias)))
+    processor, template = loaded.processor, load_template(loaded.family.template_name)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model(alias)).eval()
+    shards = {row["id"]: row for row in load_shards(out)}
+    for row in datasets.load_from_disk(str(video_data)):
+        expected = oracle_outputs(processor, row, template)
+        rebuilt = model_inputs(shards[row["id"]], layout)
+        assert set(rebuilt) == set(expected) - {"assistant_masks"} | {"labels"}, row["id"]
+        for name, tensor in expected.items():
+            if name != "assistant_masks":
+                assert rebuilt[name].dtype == tensor.dtype and torch.equal(rebuilt[name], tensor), (row["id"], name)
+        expected.pop("assistant_masks")
+        batch = ShardCollator(layout, pad_token_id=0)([shards[row["id"]]])
+        with torch.no_grad():
+            got = model(**{name: value for name, value in batch.items() if name != "labels"}).logits
+            assert torch.allclose(got, model(**expected).logits, atol=1e-5), (alias, row["id"])
+
+
+def test_internvl_frame_numbers_are_never_trained(video_data, tmp_path):
+    out = tmp_path / "all"
+    tokenize(video_data, out, model=str(tiny_model("internvl")), train_on="all", progress=False)
+    tokenizer = load_processor(str(tiny_model("internvl"))).processor.tokenizer
+    frame_counts = {row["id"]: len(row["videos"][0]["frames"]) for row in datasets.load_from_disk(str(video_data))}
+    for row in load_shards(out):
+        frames = frame_counts[row["id"]]
+        trained = tokenizer.decode(row["input_ids"][row["labels"] != -100].tolist())
+        masked = tokenizer.decode(row["input_ids"][row["labels"] == -100].tolist())
+        # With --train-on all every text token is trained but the media and the "FrameN: " before each frame.
+        assert "Frame" not in trained and "<img>" not in trained, row["id"]
+        assert len(re.findall(r"Frame\d+: <img>", masked)) == frames, row["id"]
+        assert "<|im_start|>user" in trained and "A square moves right." in trained, row["id"]
+
+
+@pytest.mark.parametrize("alias", sorted(STACKED_VIDEO_PIXELS))
+def test_videos_of_different_lengths_in_one_row_are_a_reject_where_the_processor_stacks_them(alias, tmp_path):
+    def row(row_id, *frame_counts):
+        content = [VIDEO_PART] * len(frame_counts) + [text("Both?")]
+        return {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": [text("Yes.")]}],
+                "images": [], "videos": [stored_video(moving_frames(count)) for count in frame_counts], "audios": [],
+                "id": row_id, "source": "made"}
+
+    data = tmp_path / "normalised"
+    datasets.Dataset.from_list([row("lengths-differ", 4, 3), row("same-length", 3, 3)],
+                               features=NORMALISED_FEATURES).save_to_disk(str(data))
+    summary = tokenize(data, tmp_path / "shards", model=str(tiny_model(alias)), progress=False)
+    assert (summary.rows_written, summary.rows_rejected) == (1, 1)
+    (reject,) = [json.loads(line) for line in (tmp_path / "shards" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["id"] == "lengths-differ" and reject["reason"].startswith("the processor failed"), reject
+    (written,) = load_shards(tmp_path / "shards")
+    pixels = model_inputs(written, read_layout(tmp_path / "shards"))[STACKED_VIDEO_PIXELS[alias]]
+    assert pixels.shape[:2] == ((6, 3) if alias == "internvl" else (2, 3))

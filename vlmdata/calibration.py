@@ -20,6 +20,7 @@ from vlmdata.modalities.video import video_part
 from vlmdata.models.loading import LoadedProcessor
 from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
 from vlmdata.shards import TensorLayout, probe_layout
+from vlmdata.tensor_spec import VIDEO_PIXELS
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
     """Two made-up conversations with differently sized images (and audio, and videos), to find the layout.
 
     Where the family takes videos, the first holds one video and the second two, of odd frame counts whose
-    frames all differ, so that video pixels are found to be stored frame by frame.
+    frames all differ, so that video pixels are found to be stored frame by frame. The second row's two videos
+    differ in length too, unless the family's processor stacks a row's videos into one tensor.
     """
     def drawn(width: int, height: int) -> Image.Image:
         # Stripes through every level in each channel: the checks on pixels see all 256 values.
@@ -79,7 +81,7 @@ def probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
     return [
         row([drawn(64, 48)], 0.5 if with_audio else None, [moving(3, 56, 42)] if with_video else []),
         row([drawn(140, 50), drawn(30, 90)], 1.0 if with_audio else None,
-            [moving(5, 84, 56), moving(3, 42, 70)] if with_video else []),
+            [moving(5, 84, 56), moving(5 if loaded.family.stacks_videos else 3, 42, 70)] if with_video else []),
     ]
 
 
@@ -98,15 +100,28 @@ def quickest_call(processor, template: str, conversations: list[list[dict]], pla
     """
     # Quickest first: pixels as codes before floats, then vectorised masks before transformers' loop, then lists
     # before numpy arrays, then images as arrays before PIL images.
-    pixel_choices = [tuple(codecs), ()] if codecs else [()]
+    stored_codes = tuple(codecs)
+    if stored_codes and _videos_among_other_pixels(conversations, plain):
+        # InternVL puts video frames among the image tiles of pixel_values: the frames must come as codes too.
+        stored_codes += (VIDEO_PIXELS,)
+    pixel_choices = [stored_codes, ()] if codecs else [()]
     candidates = [ProcessorCall(tensors, codes, masks, arrays) for codes in pixel_choices for masks in (True, False)
                   for tensors in (None, "np") for arrays in (True, False)]
+    # A processor that works on its outputs as torch tensors (InternVL slices and joins its pixels) takes only "pt".
+    candidates += [ProcessorCall("pt", codes, True, arrays) for codes in pixel_choices for arrays in (True, False)]
     if codecs:
-        candidates.append(ProcessorCall("pt", tuple(codecs)))
+        candidates.append(ProcessorCall("pt", stored_codes))
     for call in candidates:
         if _reproduces(call, processor, template, conversations, plain, codecs):
             return call
     return PLAIN_CALL
+
+
+def _videos_among_other_pixels(conversations: list[list[dict]], plain: list[dict]) -> bool:
+    """Whether the probe rows hold videos, but the processor returns no pixels of their own for them."""
+    has_videos = any(part.get("type") == "video" for messages in conversations for message in messages
+                     for part in message["content"])
+    return has_videos and not any(VIDEO_PIXELS in outputs for outputs in plain)
 
 
 def _reproduces(call: ProcessorCall, processor, template, conversations, plain, codecs) -> bool:

@@ -42,8 +42,9 @@ def media_token_names(tokenizer, names: Sequence[str]) -> dict[int, str]:
 
 
 def has_closing_token(media: dict[int, str]) -> bool:
-    """Whether a media run ends with a token of its own (<end_of_image>, [IMG_END], <image|>); without one (LLaVA's
-    repeated <image>, Mllama's one <|image|> per image) adjacent items can only be told apart by their length."""
+    """Whether a media run ends with a token of its own (<end_of_image>, [IMG_END], <image|>, </img>); without one
+    (LLaVA's repeated <image>, Mllama's one <|image|> per image) adjacent items can only be told apart by their
+    length."""
     return any(_closes(name) for name in media.values())
 
 
@@ -115,8 +116,9 @@ def _runs(
 
 
 def _closes(name: str) -> bool:
-    # <end_of_image>, [IMG_END], <|image_end|>; Gemma 4 closes with the half-open <image|>, <audio|>.
-    return "end" in name.lower() or (name.endswith("|>") and not name.startswith("<|"))
+    # <end_of_image>, [IMG_END], <|image_end|>; Gemma 4 closes with the half-open <image|>, <audio|>, InternVL
+    # with the closing tag </img>.
+    return "end" in name.lower() or (name.endswith("|>") and not name.startswith("<|")) or name.startswith("</")
 
 
 def _modality(ids: list[int], media: dict[int, str]) -> str:

@@ -47,6 +47,8 @@ class Family:
         images_beside_videos: Whether the model's forward takes a row holding both images and videos. GLM-4.1V's
             does not (transformers 5.23 counts a video frame's <|image|> tokens as the image's), so tokenize
             refuses such rows instead of leaving them to fail in training.
+        stacks_videos: The processor stacks a row's videos into one tensor, so they must have as many frames
+            (InternVL, LLaVA-OneVision); a row whose videos differ in length is the processor's error, a reject.
     """
 
     alias: str
@@ -60,6 +62,7 @@ class Family:
     frame_timestamp: str | None = None
     video_span: tuple[str, str] | None = None
     images_beside_videos: bool = True
+    stacks_videos: bool = False
 
 
 GEMMA3_IMAGE_TOKENS = ("<start_of_image>", "<image_soft_token>", "<end_of_image>")
@@ -76,6 +79,12 @@ MISTRAL_IMAGE_TOKENS = ("[IMG]", "[IMG_BREAK]", "[IMG_END]")
 GLM4V_VIDEO_SPAN = ("<|begin_of_video|>", "<|end_of_video|>")
 # GLM-4.1V writes a video's frames as images inside <|begin_of_video|>...<|end_of_video|>.
 GLM4V_MEDIA_TOKENS = ("<|begin_of_image|>", "<|image|>", "<|end_of_image|>", "<|video|>") + GLM4V_VIDEO_SPAN
+# InternVL writes every image tile and every video frame as <img><IMG_CONTEXT>...</img>; <video> is the
+# template's placeholder for a video, which the processor replaces.
+INTERNVL_MEDIA_TOKENS = ("<img>", "<IMG_CONTEXT>", "</img>", "<video>")
+# Before each video frame InternVL's processor writes "Frame1: ", the later frames after a newline.
+INTERNVL_FRAME_START = ("<img>", "<IMG_CONTEXT>")
+INTERNVL_FRAME_TIMESTAMP = r"\n?Frame\d+: "
 LLAMA4_IMAGE_TOKENS = (
     "<|image_start|>",
     "<|image|>",
@@ -223,6 +232,30 @@ _FAMILIES = (
         # Each frame is <|begin_of_image|><|image|>...<|end_of_image|> then its second as text ("3").
         video_span=GLM4V_VIDEO_SPAN,
         images_beside_videos=False,
+    ),
+    Family(
+        alias="internvl",
+        default_checkpoint="OpenGVLab/InternVL3-1B-hf",
+        template_name="internvl",
+        modalities=("image", "video"),
+        model_types=("internvl",),
+        media_tokens=INTERNVL_MEDIA_TOKENS,
+        # The processor puts image tiles and video frames, in the order the text names them, in pixel_values.
+        model_inputs=("pixel_values",),
+        frame_start=INTERNVL_FRAME_START,
+        frame_timestamp=INTERNVL_FRAME_TIMESTAMP,
+        stacks_videos=True,
+    ),
+    Family(
+        alias="llava_onevision",
+        default_checkpoint="llava-hf/llava-onevision-qwen2-7b-ov-hf",
+        template_name="llava_onevision",
+        modalities=("image", "video"),
+        model_types=("llava_onevision",),
+        media_tokens=("<image>", "<video>"),
+        # batch_num_images: a row with one image is cut into AnyRes tiles, a row with several is not.
+        model_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"),
+        stacks_videos=True,
     ),
 )
 
