@@ -353,3 +353,22 @@ def test_glm4v_packs_video_rows_apart_from_image_rows_and_each_stays_exact(tmp_p
     for pack in plan.packs:  # a batch of one pack: a batch holding both images and videos fails the same way
         chosen = [rows[row] for row in pack]
         assert _worst_difference(model, layout, chosen, [list(range(len(pack)))], collate) < TOLERANCE
+
+
+def test_the_media_budget_counts_each_rows_media_tokens_from_its_input_ids(shards):
+    import datasets
+    from transformers import AutoProcessor
+
+    from vlmdata.models.registry import get_family
+    from vlmdata.train.packing import plan_rows
+
+    processor = AutoProcessor.from_pretrained(tiny_model("gemma3"))
+    rows = datasets.load_from_disk(str(shards("gemma3")))
+    media_ids = {processor.tokenizer.convert_tokens_to_ids(token) for token in get_family("gemma3").media_tokens}
+    media = [int(np.isin(row["input_ids"], sorted(media_ids)).sum()) for row in rows]
+    assert sorted(media)[0] == 0 and sorted(media)[-1] > sorted(media)[1] > 0  # text-only, one image, two images
+
+    budget = max(media)  # the two image rows cannot share a pack, the text row can join either
+    plan = plan_rows(rows, PackOptions(pack_length=4096, media_budget=budget), 0, processor, "gemma3")
+    assert len(plan.packs) == 2 and all(sum(media[row] for row in pack) <= budget for pack in plan.packs)
+    assert len(plan_rows(rows, PackOptions(pack_length=4096), 0, processor, "gemma3").packs) == 1
