@@ -448,14 +448,15 @@ def test_lfm2_vl_tiles_a_large_image_with_a_thumbnail_and_keeps_a_small_one_whol
     processor, model = load("lfm2_vl")
     inputs = render(processor, conversation(*ONE_IMAGE, drawn_image(20, 20, (30, 160, 40))))
     decoded = processor.tokenizer.decode(inputs["input_ids"][0])
-    # 64x48 px: a 2x2 grid of 16 px tiles (4 tokens each), then an 8x16 px thumbnail (2 tokens); 20x20 px: 16 px whole.
+    # 64x48 px: a 2x2 grid of 16 px tiles (4 tokens each), then a 16x24 px thumbnail (6 tokens); 20x20 px: 16 px whole.
     tile = "<image>" * 4
     tiled = "".join(f"<|img_row_{row}_col_{col}|>{tile}" for row in (1, 2) for col in (1, 2))
-    assert f"<|image_start|>{tiled}<|img_thumbnail|><image><image><|image_end|><|image_start|>{tile}<|image_end|>" in decoded
-    assert inputs["spatial_shapes"].tolist() == [[4, 4]] * 4 + [[2, 4], [4, 4]]
+    thumbnail = "<|img_thumbnail|>" + "<image>" * 6
+    assert f"<|image_start|>{tiled}{thumbnail}<|image_end|><|image_start|>{tile}<|image_end|>" in decoded
+    assert inputs["spatial_shapes"].tolist() == [[4, 4]] * 4 + [[4, 6], [4, 4]]
     # Every row is padded to the same number of patches; the mask tells the real ones.
-    assert inputs["pixel_values"].shape == (6, 16, 3 * 4 * 4)
-    assert inputs["pixel_attention_mask"].sum(-1).tolist() == [16] * 4 + [8, 16]
+    assert inputs["pixel_values"].shape == (6, 32, 3 * 4 * 4)
+    assert inputs["pixel_attention_mask"].sum(-1).tolist() == [16] * 4 + [24, 16]
     with torch.no_grad():
         outputs = model(**inputs)
         thumbnail_changed = inputs["pixel_values"].clone()
