@@ -22,9 +22,10 @@ from vlmdata.shards import load_shards, model_inputs, read_layout
 from vlmdata.tokenize import tokenize
 
 # Families whose image processor pads images or tiles with zeros after normalising (Pixtral pads the images of
-# a row to the largest, Mllama fills unused tiles): no uint8 code gives 0.0, so their pixels are encoded from
-# the normalised floats. Every other family hands its uint8 pixels over as they are.
-PADS_AFTER_NORMALISING = {"pixtral", "mistral3", "mllama"}
+# a row to the largest, Mllama fills unused tiles, LFM2-VL pads each tile's patches to the most a tile can hold):
+# no uint8 code gives 0.0, so their pixels are encoded from the normalised floats. Every other family hands its
+# uint8 pixels over as they are.
+PADS_AFTER_NORMALISING = {"pixtral", "mistral3", "mllama", "lfm2_vl"}
 # Asked for no tensors, Llama 4's image processor returns its tiles as one array per image, which stack to
 # another shape: its tokenizer's lists cannot be taken, so it is asked for numpy.
 STACKS_IMAGES_OTHERWISE = {"llama4"}

@@ -102,7 +102,8 @@ def test_labels_train_on_assistant_and_last(alias, data_dir, tmp_path):
     assert [run.strip() for run in last] == [last_reply.strip()]
 
 
-@pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl", "llava", "qwen3_5", "glm4v", "internvl", "llava_onevision"])
+@pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl", "llava", "qwen3_5", "glm4v", "internvl", "llava_onevision",
+                                   "lfm2_vl"])
 def test_labels_train_on_all_skips_only_media(alias, data_dir, tmp_path):
     loaded = AutoProcessor.from_pretrained(tiny_model(alias))
     _tokenize(data_dir, tmp_path / "all", alias, train_on="all")
