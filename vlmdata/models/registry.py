@@ -86,8 +86,8 @@ INTERNVL_MEDIA_TOKENS = ("<img>", "<IMG_CONTEXT>", "</img>", "<video>")
 INTERNVL_FRAME_START = ("<img>", "<IMG_CONTEXT>")
 INTERNVL_FRAME_TIMESTAMP = r"\n?Frame\d+: "
 # LFM2-VL opens and closes every image with <|image_start|> and <|image_end|>; a tiled image names each tile
-# (<|img_row_1_col_1|>, ...) and its thumbnail before their <image> runs. By default the processor cuts at most
-# 10 tiles; every name of a grid up to 10 x 10 is listed (those the tokenizer lacks are ignored).
+# (<|img_row_1_col_1|>, ...) and its thumbnail before their <image> runs. The vocabulary names every tile of a
+# 10 x 10 grid; by default the processor cuts at most 10 tiles.
 LFM2_VL_IMAGE_TOKENS = ("<|image_start|>", "<image>", "<|img_thumbnail|>", "<|image_end|>") + tuple(
     f"<|img_row_{row}_col_{col}|>" for row in range(1, 11) for col in range(1, 11)
 )
