@@ -36,6 +36,7 @@ ASSISTANT_SPAN = {
     "glm4v": lambda text: text,  # GLM-4.1V writes no end-of-turn token: the next role token follows the reply
     "internvl": lambda text: text + "<|im_end|>",
     "llava_onevision": lambda text: text + "<|im_end|>",
+    "lfm2_vl": lambda text: text + "<|im_end|>",
 }
 
 

@@ -54,6 +54,7 @@ def test_a_batch_from_shards_equals_the_processors_own_batch(alias, data_dir, tm
 # Pixtral pads images of different sizes, Mllama pads tiles and rows: their codes are decoded in the collator.
 # Gemma 4's processor pads every image to the same number of patches itself.
 # LLaVA-OneVision pads each image's AnyRes tiles to the most any image of the batch has: decoded in the collator.
+# LFM2-VL's processor pads each tile's patches with zeros after normalising, kept as runs: decoded in the collator.
 CODES_REACH_THE_MODEL = {
     "gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava", "llama4", "gemma4", "glm4v",
     "internvl",

@@ -1,7 +1,7 @@
 """Media chips on the inspect page: one chip per image or audio clip, for every family with a tiny model.
 
-The families differ in how a media run ends: Gemma, Qwen, Mistral, Llama 4 and InternVL close it with a token of
-its own, while LLaVA (and LLaVA-OneVision) repeats <image> and Mllama writes one <|image|> per image, so adjacent
+The families differ in how a media run ends: Gemma, Qwen, Mistral, Llama 4, InternVL and LFM2-VL close it with a
+token of its own, while LLaVA (and LLaVA-OneVision) repeats <image> and Mllama writes one <|image|> per image, so adjacent
 images there are told apart only by their length.
 """
 
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import datasets
 import pytest
+from transformers import AutoProcessor
 
 from tests.browser import parse
 from tests.tokenize_fixtures import FAMILIES, normalised, tiny_model
@@ -60,3 +61,17 @@ def test_llava_images_with_nothing_between_them_are_still_two_chips(tmp_path):
     chips = _chips(page, "two-images")
     assert len(chips) == 2 and chips[0] == chips[1], chips
     assert chips[0] == "[16 image tokens]"  # the tiny LLaVA's 20×20 image in 5×5 patches, CLS dropped
+
+
+def test_lfm2_vl_tiled_image_is_one_chip_with_its_tile_names(tmp_path):
+    # A tiled image is <|image_start|>, a tile name and <image> run per tile, <|img_thumbnail|> and its run, then
+    # <|image_end|>: one chip holding every one of those tokens.
+    shards = _shards(tmp_path, "lfm2_vl")
+    page = inspect(shards, html=tmp_path / "page.html", ids=["two-turns"]).page
+    (row,) = [row for row in datasets.load_from_disk(str(shards)) if row["id"] == "two-turns"]
+    tokenizer = AutoProcessor.from_pretrained(shards / "processor").tokenizer
+    vocab = tokenizer.get_vocab()
+    media = {vocab[token] for token in get_family("lfm2_vl").media_tokens if token in vocab}
+    tokens = sum(token in media for token in row["input_ids"])
+    assert vocab["<|img_row_1_col_1|>"] in row["input_ids"] and vocab["<|img_thumbnail|>"] in row["input_ids"]
+    assert _chips(page, "two-turns") == [f"[{tokens} image tokens]"]

@@ -251,6 +251,25 @@ def test_control_llama4_beyond_its_limit_scales_later_samples_differently(shards
         check_packable("llama4", sum(lengths), model.config)
 
 
+def test_control_lfm2_vl_convolutions_reach_into_the_sample_before(shards):
+    # Why LFM2-VL is refused: its conv layers mix each token with the kernel width - 1 tokens before it, and at a
+    # sample's start those belong to the sample before. A window of ones makes the leak plain.
+    rows, layout = _rows(shards("lfm2_vl"))
+    model = _model("lfm2_vl")
+    conv = model.model.language_model.layers[0].conv.conv
+    with torch.no_grad():
+        conv.weight.fill_(1.0)
+    collate = _packing(model, layout, "lfm2_vl")
+    lengths = [len(row["input_ids"]) for row in rows]
+    with torch.no_grad():
+        alone = [_logits(model, batch)[0] for batch in _alone(model, layout, rows)]
+        packed = _packed_rows_logits(_logits(model, collate([rows])), [list(range(len(rows)))], lengths)
+    assert (packed[0] - alone[0]).abs().max() < TOLERANCE  # the first sample has nothing before it
+    reach = conv.kernel_size[0] - 1
+    for row in range(1, len(rows)):
+        assert (packed[row][:reach] - alone[row][:reach]).abs().max() > LEAK, row
+
+
 # Refusals and the command line.
 
 

@@ -22,9 +22,10 @@ from vlmdata.shards import load_shards, model_inputs, read_layout
 from vlmdata.tokenize import tokenize
 
 # Families whose image processor pads images or tiles with zeros after normalising (Pixtral pads the images of
-# a row to the largest, Mllama fills unused tiles): no uint8 code gives 0.0, so their pixels are encoded from
-# the normalised floats. Every other family hands its uint8 pixels over as they are.
-PADS_AFTER_NORMALISING = {"pixtral", "mistral3", "mllama"}
+# a row to the largest, Mllama fills unused tiles, LFM2-VL pads each tile's patches to the most a tile can hold):
+# no uint8 code gives 0.0, so their pixels are encoded from the normalised floats. Every other family hands its
+# uint8 pixels over as they are.
+PADS_AFTER_NORMALISING = {"pixtral", "mistral3", "mllama", "lfm2_vl"}
 # Asked for no tensors, Llama 4's image processor returns its tiles as one array per image, which stack to
 # another shape: its tokenizer's lists cannot be taken, so it is asked for numpy.
 STACKS_IMAGES_OTHERWISE = {"llama4"}
@@ -88,8 +89,10 @@ def test_every_family_gets_its_quick_call_and_the_same_tensors(photos_dir, tmp_p
                     continue
                 assert rebuilt[name].dtype == tensor.dtype, (alias, name)
                 assert torch.equal(rebuilt[name], tensor), (alias, row["id"], name)
-            if alias not in PADS_AFTER_NORMALISING:  # stored as the processor's codes, with no float fallback
+            if alias not in PADS_AFTER_NORMALISING or alias == "lfm2_vl":  # codes, with no float fallback
                 assert len(shards[row["id"]]["pixel_values_float"]) == 0
+            if alias == "lfm2_vl":  # only the padding of the patch rows is kept apart, as runs of zeros
+                assert len(shards[row["id"]]["pixel_values_zeros"]) > 0
 
 
 @pytest.mark.parametrize("return_tensors", ["np", None])

@@ -16,7 +16,7 @@ from vlmdata.models import FAMILIES, family_for_config, family_for_model_type, g
 from vlmdata.models.loading import load_processor
 
 ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava", "mllama", "pixtral", "mistral3",
-           "llama4", "gemma4", "glm4v", "internvl", "llava_onevision"]
+           "llama4", "gemma4", "glm4v", "internvl", "llava_onevision", "lfm2_vl"]
 
 
 def test_every_documented_alias_is_known():
@@ -41,6 +41,7 @@ def test_every_documented_alias_is_known():
         ("glm4v", "zai-org/GLM-4.1V-9B-Thinking", "glm4v"),
         ("internvl", "OpenGVLab/InternVL3-1B-hf", "internvl"),
         ("llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision"),
+        ("lfm2_vl", "LiquidAI/LFM2-VL-1.6B", "lfm2_vl"),
     ],
 )
 def test_alias_names_its_checkpoint_and_template(alias, checkpoint, template):
@@ -78,6 +79,14 @@ def test_internvl_numbers_its_frames():
     timestamp = re.compile(family.frame_timestamp)
     assert timestamp.fullmatch("Frame1: ") and timestamp.fullmatch("\nFrame12: ")
     assert not timestamp.fullmatch("See Frame1: ") and not timestamp.fullmatch("Frame1:")
+
+
+def test_lfm2_vl_takes_images_only_and_counts_its_tile_names_as_media():
+    family = get_family("lfm2_vl")
+    assert family.modalities == ("image",)
+    tokens = set(family.media_tokens)
+    assert {"<|image_start|>", "<image>", "<|img_thumbnail|>", "<|image_end|>"} <= tokens
+    assert {"<|img_row_1_col_1|>", "<|img_row_2_col_5|>", "<|img_row_10_col_1|>"} <= tokens
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -133,6 +142,7 @@ def test_unknown_alias_is_fatal_and_lists_the_known_ones():
         ("glm4v", "glm4v"),
         ("internvl", "internvl"),
         ("llava_onevision", "llava_onevision"),
+        ("lfm2_vl", "lfm2_vl"),
     ],
 )
 def test_model_type_maps_to_its_family(model_type, alias):

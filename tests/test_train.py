@@ -260,3 +260,20 @@ def test_internvl_and_llava_onevision_adapt_only_their_language_model(alias):
     assert lora_targets(model, lora_target_modules(recipe["lora_target_modules"])) == default
     listed = lora_targets(model, lora_target_modules(["q_proj", "k_proj", "v_proj", "o_proj"]))
     assert any(name.startswith("model.vision_tower.") for name in listed)
+
+
+def test_lfm2_vl_adapts_its_attention_convolution_and_mlp_projections_only():
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model("lfm2_vl"))
+    assert vision_modules(model) == ["model.vision_tower", "model.multi_modal_projector"]
+    default = lora_targets(model, DEFAULT_LORA_TARGETS)
+    # Layer 0 is a short convolution (in_proj, out_proj around the conv), layer 1 attention; both have an MLP
+    # of w1, w2 and w3. The vision tower names its attention projections q_proj ... out_proj too: never matched.
+    layer = {name.split(".layers.")[1] for name in default}
+    assert layer == {"0.conv.in_proj", "0.conv.out_proj", "1.self_attn.q_proj", "1.self_attn.k_proj",
+                     "1.self_attn.v_proj", "1.self_attn.out_proj"} | {
+        f"{index}.feed_forward.{name}" for index in (0, 1) for name in ("w1", "w2", "w3")}
+    assert all(name.startswith("model.language_model.layers.") for name in default)
+    recipe = yaml.safe_load((ROOT / "recipes" / "lfm2_vl.yaml").read_text())
+    assert lora_targets(model, lora_target_modules(recipe["lora_target_modules"])) == default
+    listed = lora_targets(model, lora_target_modules(["q_proj", "k_proj", "v_proj", "out_proj"]))
+    assert any(name.startswith("model.vision_tower.") for name in listed)

@@ -199,18 +199,19 @@ def test_video_pad_tokens_are_never_trained_and_truncation_stops_before_them(vid
     assert all("the cut would go through media tokens" in reason for reason in reasons)
 
 
-def test_a_family_without_video_names_it_and_takes_frames_as_images_when_asked(video_data, tmp_path):
-    refused = tokenize(video_data, tmp_path / "refused", model=str(tiny_model("llava")), progress=False)
+@pytest.mark.parametrize("alias", ["llava", "lfm2_vl"])
+def test_a_family_without_video_names_it_and_takes_frames_as_images_when_asked(alias, video_data, tmp_path):
+    refused = tokenize(video_data, tmp_path / "refused", model=str(tiny_model(alias)), progress=False)
     assert refused.rows_written == 0
     reasons = {json.loads(line)["reason"] for line in (tmp_path / "refused" / "rejects.jsonl").read_text().splitlines()}
     assert reasons == {"a video part, but this model family takes no video (--video-as-images hands its frames as images)"}
 
     out = tmp_path / "frames"
-    result = CliRunner().invoke(cli, ["tokenize", str(video_data), "-o", str(out), "--model", str(tiny_model("llava")),
+    result = CliRunner().invoke(cli, ["tokenize", str(video_data), "-o", str(out), "--model", str(tiny_model(alias)),
                                       "--video-as-images", "--quiet"])
     assert result.exit_code == 0, result.output
-    processor = load_processor(str(tiny_model("llava"))).processor
-    template = load_template("llava")
+    loaded = load_processor(str(tiny_model(alias)))
+    processor, template = loaded.processor, load_template(loaded.family.template_name)
     shards = {row["id"]: row for row in load_shards(out)}
     layout = read_layout(out)
     for row in datasets.load_from_disk(str(video_data)):
@@ -230,7 +231,9 @@ def test_a_family_without_video_names_it_and_takes_frames_as_images_when_asked(v
         frames_row["messages"] = [{**row["messages"][0], "content": content}, *row["messages"][1:]]
         expected = oracle_outputs(processor, frames_row, template)
         rebuilt = model_inputs(shards[row["id"]], layout)
-        assert expected["pixel_values"].shape[0] == len(frames_row["images"])
+        # LLaVA makes one pixel row per image; LFM2-VL one per tile, thumbnail or whole image.
+        assert expected["pixel_values"].shape[0] == (len(frames_row["images"]) if alias == "llava" else
+                                                     len(expected["spatial_shapes"]))
         assert torch.equal(rebuilt["input_ids"], expected["input_ids"])
         assert torch.equal(rebuilt["pixel_values"].view(torch.int32), expected["pixel_values"].view(torch.int32))
     saved = json.loads((out / "vlmdata.json").read_text())

@@ -116,8 +116,8 @@ def _runs(
 
 
 def _closes(name: str) -> bool:
-    # <end_of_image>, [IMG_END], <|image_end|>; Gemma 4 closes with the half-open <image|>, <audio|>, InternVL
-    # with the closing tag </img>.
+    # <end_of_image>, [IMG_END], <|image_end|> (Llama 4, LFM2-VL); Gemma 4 closes with the half-open <image|>,
+    # <audio|>, InternVL with the closing tag </img>.
     return "end" in name.lower() or (name.endswith("|>") and not name.startswith("<|")) or name.startswith("</")
 
 

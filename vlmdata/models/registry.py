@@ -85,6 +85,12 @@ INTERNVL_MEDIA_TOKENS = ("<img>", "<IMG_CONTEXT>", "</img>", "<video>")
 # Before each video frame InternVL's processor writes "Frame1: ", the later frames after a newline.
 INTERNVL_FRAME_START = ("<img>", "<IMG_CONTEXT>")
 INTERNVL_FRAME_TIMESTAMP = r"\n?Frame\d+: "
+# LFM2-VL opens and closes every image with <|image_start|> and <|image_end|>; a tiled image names each tile
+# (<|img_row_1_col_1|>, ...) and its thumbnail before their <image> runs. The vocabulary names every tile of a
+# 10 x 10 grid; by default the processor cuts at most 10 tiles.
+LFM2_VL_IMAGE_TOKENS = ("<|image_start|>", "<image>", "<|img_thumbnail|>", "<|image_end|>") + tuple(
+    f"<|img_row_{row}_col_{col}|>" for row in range(1, 11) for col in range(1, 11)
+)
 LLAMA4_IMAGE_TOKENS = (
     "<|image_start|>",
     "<|image|>",
@@ -256,6 +262,16 @@ _FAMILIES = (
         # batch_num_images: a row with one image is cut into AnyRes tiles, a row with several is not.
         model_inputs=("pixel_values", "image_sizes", "batch_num_images", "pixel_values_videos"),
         stacks_videos=True,
+    ),
+    Family(
+        alias="lfm2_vl",
+        default_checkpoint="LiquidAI/LFM2-VL-1.6B",
+        template_name="lfm2_vl",
+        modalities=("image",),
+        model_types=("lfm2_vl",),
+        media_tokens=LFM2_VL_IMAGE_TOKENS,
+        # Each tile, thumbnail or whole image is a row of pixel_values (padded patches), with its patch grid.
+        model_inputs=("pixel_values", "spatial_shapes", "pixel_attention_mask"),
     ),
 )
 

@@ -25,8 +25,9 @@ from vlmdata.optional import require
 # Every family's language model names its projections this way; Mllama's cross-attention layers included.
 # Qwen3.5's gated delta-net layers mix tokens through in_proj_qkv, in_proj_z and out_proj instead of q/k/v/o_proj;
 # naming them too puts LoRA on every language-model layer (its small in_proj_a/in_proj_b gate heads stay frozen).
-# GLM-4.1V fuses its MLP's gate and up projections into one gate_up_proj.
-DEFAULT_LORA_TARGETS = r".*language_model.*\.((q|k|v|o|gate|up|gate_up|down|out)_proj|in_proj_(qkv|z))"
+# GLM-4.1V fuses its MLP's gate and up projections into one gate_up_proj. LFM2-VL's language model mixes tokens in
+# its short-convolution layers through in_proj and out_proj, and names its MLP's projections w1, w2 and w3.
+DEFAULT_LORA_TARGETS = r".*language_model.*\.((q|k|v|o|gate|up|gate_up|down|out)_proj|in_proj(_qkv|_z)?|w[123])"
 # The vision side of each family: the tower, the projector into the language model, Gemma 3n's and Gemma 4's
 # embedders, and with them their audio tower and embedder, frozen and trained (--train-vision) alike.
 VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "embed_vision", "audio_tower",

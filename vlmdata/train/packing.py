@@ -49,6 +49,8 @@ REFUSED = {
     "qwen3_5": "Qwen3.5's linear-attention layers carry their state from one sample to the next unless the "
                "flash-linear-attention kernels reset it at each sample's start, and those run on a GPU only; "
                "train it without --packing.",
+    "lfm2_vl": "LFM2-VL's short-convolution layers reach back across the start of each sample into the last tokens "
+               "of the one before it, which restarted positions do not stop; train it without --packing.",
 }
 
 
