@@ -16,7 +16,7 @@ from vlmdata.models import FAMILIES, family_for_config, family_for_model_type, g
 from vlmdata.models.loading import load_processor
 
 ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava", "mllama", "pixtral", "mistral3",
-           "llama4", "gemma4", "glm4v", "internvl", "llava_onevision"]
+           "llama4", "gemma4", "glm4v", "internvl", "llava_onevision", "smolvlm"]
 
 
 def test_every_documented_alias_is_known():
@@ -41,6 +41,7 @@ def test_every_documented_alias_is_known():
         ("glm4v", "zai-org/GLM-4.1V-9B-Thinking", "glm4v"),
         ("internvl", "OpenGVLab/InternVL3-1B-hf", "internvl"),
         ("llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision"),
+        ("smolvlm", "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "smolvlm"),
     ],
 )
 def test_alias_names_its_checkpoint_and_template(alias, checkpoint, template):
@@ -78,6 +79,20 @@ def test_internvl_numbers_its_frames():
     timestamp = re.compile(family.frame_timestamp)
     assert timestamp.fullmatch("Frame1: ") and timestamp.fullmatch("\nFrame12: ")
     assert not timestamp.fullmatch("See Frame1: ") and not timestamp.fullmatch("Frame1:")
+
+
+def test_smolvlm_times_its_frames_and_counts_the_video_intro_as_media():
+    family = get_family("smolvlm")
+    assert family.modalities == ("image", "video") and not family.images_beside_videos
+    assert {"<fake_token_around_image>", "<image>", "<global-img>", "<row_1_col_1>", "<row_6_col_6>"} <= set(
+        family.media_tokens)
+    # The processor's "\nFrame from mm:ss:" before each frame, the intro sentence before the first one's.
+    timestamp = re.compile(family.frame_timestamp)
+    intro = "You are provided the following series of twenty-four frames from a 0:01:03 [H:MM:SS] video.\n"
+    assert timestamp.fullmatch("\nFrame from 00:01:") and timestamp.fullmatch("\nFrame from 120:59:")
+    assert timestamp.fullmatch(intro + "\nFrame from 00:00:") and timestamp.fullmatch(" " + intro + "\nFrame from 00:00:")
+    assert not timestamp.fullmatch("Frame from 00:01:") and not timestamp.fullmatch("See\nFrame from 00:01:")
+    assert not timestamp.fullmatch(intro)
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -133,6 +148,7 @@ def test_unknown_alias_is_fatal_and_lists_the_known_ones():
         ("glm4v", "glm4v"),
         ("internvl", "internvl"),
         ("llava_onevision", "llava_onevision"),
+        ("smolvlm", "smolvlm"),
     ],
 )
 def test_model_type_maps_to_its_family(model_type, alias):
