@@ -2,8 +2,8 @@
 
 By default only the language model's attention and MLP projections get LoRA adapters; the vision tower, the
 projector and the audio tower stay frozen (`--train-vision` unfreezes the vision side). Module names follow
-transformers' own (`model.language_model.layers.3.self_attn.q_proj`), which is what axolotl's
-`lora_target_modules` regexes are written against.
+transformers' own (`model.language_model.layers.3.self_attn.q_proj`; SmolVLM2's `model.text_model.layers...`),
+which is what axolotl's `lora_target_modules` regexes are written against.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from vlmdata.optional import require
 # Every family's language model names its projections this way; Mllama's cross-attention layers included.
 # Qwen3.5's gated delta-net layers mix tokens through in_proj_qkv, in_proj_z and out_proj instead of q/k/v/o_proj;
 # naming them too puts LoRA on every language-model layer (its small in_proj_a/in_proj_b gate heads stay frozen).
-# GLM-4.1V fuses its MLP's gate and up projections into one gate_up_proj.
-DEFAULT_LORA_TARGETS = r".*language_model.*\.((q|k|v|o|gate|up|gate_up|down|out)_proj|in_proj_(qkv|z))"
-# The vision side of each family: the tower, the projector into the language model, Gemma 3n's and Gemma 4's
-# embedders, and with them their audio tower and embedder, frozen and trained (--train-vision) alike.
-VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "embed_vision", "audio_tower",
-                "embed_audio")
+# GLM-4.1V fuses its MLP's gate and up projections into one gate_up_proj. SmolVLM2 calls its language model
+# text_model.
+DEFAULT_LORA_TARGETS = r".*(language|text)_model.*\.((q|k|v|o|gate|up|gate_up|down|out)_proj|in_proj_(qkv|z))"
+# The vision side of each family: the tower, the projector into the language model (SmolVLM2's connector),
+# Gemma 3n's and Gemma 4's embedders, and with them their audio tower and embedder, frozen and trained
+# (--train-vision) alike.
+VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "connector", "embed_vision",
+                "audio_tower", "embed_audio")
 ADAPTERS = ("lora", "full")
 # What the libraries say on every run, which tells the user nothing about theirs: (category, start of message).
 KNOWN_NOTICES = (
