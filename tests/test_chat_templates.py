@@ -37,6 +37,7 @@ ASSISTANT_SPAN = {
     "internvl": lambda text: text + "<|im_end|>",
     "llava_onevision": lambda text: text + "<|im_end|>",
     "lfm2_vl": lambda text: text + "<|im_end|>",
+    "smolvlm": lambda text: text + "<end_of_utterance>",
 }
 
 
@@ -133,7 +134,7 @@ TOOL_CONVERSATIONS = {
         assistant("Sunny and warm."),
     ],
 }
-VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5", "gemma4", "glm4v", "internvl", "llava_onevision")
+VIDEO_TEMPLATES = ("qwen2_vl", "qwen3_vl", "qwen3_5", "gemma4", "glm4v", "internvl", "llava_onevision", "smolvlm")
 # Qwen3.5 opens each reply after the last user turn with a think block, empty when the reply has no reasoning.
 THINK_BLOCK = {"qwen3_5": "<think>\n\n</think>\n\n"}
 
@@ -165,7 +166,7 @@ def official_input(name, conversation):
     rewritten = []
     for message in conversation:
         content = message["content"]
-        if name in ("llava", "llava_onevision") and isinstance(content, str):
+        if name in ("llava", "llava_onevision", "smolvlm") and isinstance(content, str):
             content = [text(content)]
         if name == "llama3_2_vision" and message["role"] == "system" and not isinstance(content, str):
             content = "".join(part["text"] for part in content if part["type"] == "text")
@@ -328,6 +329,14 @@ def test_gemma4_replies_lose_their_thinking_like_the_official_template():
     assert spans == ["Hello!<turn|>", "More<turn|>"]
 
 
+def test_smolvlm_writes_a_colon_alone_before_an_image_that_opens_a_message():
+    ours = render(load_template("smolvlm"), CONVERSATIONS["images_in_several_turns"], add_generation_prompt=True)
+    assert ours == (
+        "<|im_start|>User:<image>What is this?<end_of_utterance>\nAssistant: A cat.<end_of_utterance>\n"
+        "User: And this one?<image><end_of_utterance>\nAssistant: A dog.<end_of_utterance>\nAssistant:"
+    )
+
+
 def test_glm4v_keeps_the_reasoning_of_every_reply_like_the_official_template():
     # GLM-4.1V-Thinking replies "<think>...</think><answer>...</answer>"; its template writes past replies whole.
     reply = "<think>Add them.</think><answer>Four.</answer>"
@@ -353,7 +362,7 @@ CONTROL_TOKENS = [
     "<|eot|>", "<|video_pad|>", "[INST]", "[/INST]", "[IMG]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<|turn>",
     "<turn|>", "<|audio|>", "<|video|>", "<|channel>", "<channel|>", "<|think|>", "[gMASK]", "<sop>", "<|system|>",
     "<|user|>", "<|assistant|>", "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
-    "<IMG_CONTEXT>", "<video>",
+    "<IMG_CONTEXT>", "<video>", "<end_of_utterance>",
 ]  # fmt: skip
 
 
@@ -383,7 +392,8 @@ def test_assistant_tokens_mask_covers_the_replies(tokenizer, name):
     )
     masked = [token for token, keep in zip(encoded["input_ids"], encoded["assistant_masks"]) if keep]
     decoded, expected = tokenizer.decode(masked), "".join(expected_spans(name, conversation))
-    if name == "llava":
-        # A LLaVA reply follows "ASSISTANT: ", and the reply's first token carries that space with it.
+    if name in ("llava", "smolvlm"):
+        # A LLaVA reply follows "ASSISTANT: " (SmolVLM's "Assistant: "), and the reply's first token carries that
+        # space with it.
         decoded, expected = decoded.split(), expected.split()
     assert decoded == expected

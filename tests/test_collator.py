@@ -28,9 +28,11 @@ def test_a_batch_from_shards_equals_the_processors_own_batch(alias, data_dir, tm
     tokenize(data_dir, tmp_path / "shards", model=str(tiny_model(alias)), progress=False)
     rows = {row["id"]: row for row in load_shards(tmp_path / "shards")}
     source = list(datasets.load_from_disk(str(data_dir)))
-    if alias == "mllama":
+    if alias in ("mllama", "smolvlm"):
         # Mllama's processor leaves text-only rows out of the image tensors of a mixed batch, which its model
         # cannot then line up; the collator gives such rows empty images instead (trained in test_train).
+        # SmolVLM2's gives a text-only row an image of zeros, which its model drops; the collator gives it none
+        # (the same logits: test_smolvlm_text_only_row_in_a_batch_gives_the_processors_logits).
         source = [row for row in source if row["images"]]
     # The processor saved with the shards renders with the template the shards were made with.
     processor = AutoProcessor.from_pretrained(tmp_path / "shards" / "processor")
@@ -78,6 +80,29 @@ def test_pixel_codes_decoded_by_the_model_hook_equal_the_processors_batch(alias,
     assert set(seen) == set(floats)
     for name, tensor in floats.items():
         assert seen[name].dtype == tensor.dtype and torch.equal(seen[name], tensor), f"{alias} {name}"
+
+
+def test_smolvlm_text_only_row_in_a_batch_gives_the_processors_logits(data_dir, tmp_path):
+    from transformers import AutoModelForImageTextToText
+
+    tokenize(data_dir, tmp_path / "shards", model=str(tiny_model("smolvlm")), progress=False)
+    rows = {row["id"]: row for row in load_shards(tmp_path / "shards")}
+    source = list(datasets.load_from_disk(str(data_dir)))
+    processor = AutoProcessor.from_pretrained(tmp_path / "shards" / "processor")
+    expected = processor.apply_chat_template(
+        [processor_messages(row) for row in source], tokenize=True, return_dict=True, return_tensors="pt",
+        processor_kwargs={"padding": True, "padding_side": "right"})
+    batch = ShardCollator(read_layout(tmp_path / "shards"), pad_token_id=processor.tokenizer.pad_token_id)(
+        [rows[row["id"]] for row in source])
+    # The processor's batch has an image of zeros for the text-only row; the collator's has none.
+    assert expected["pixel_values"].shape[0] == len(source) and batch["pixel_values"].shape[0] == len(source) - 1
+    assert not expected["pixel_values"][[not row["images"] for row in source]].any()
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model("smolvlm")).eval()
+    with torch.no_grad():
+        got = model(**{name: value for name, value in batch.items() if name != "labels"}).logits
+        want = model(**expected).logits
+    mask = expected["attention_mask"].bool()
+    assert torch.allclose(got[mask], want[mask], atol=1e-5)
 
 
 @pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl"])

@@ -2,7 +2,8 @@
 
 The families differ in how a media run ends: Gemma, Qwen, Mistral, Llama 4, InternVL and LFM2-VL close it with a
 token of its own, while LLaVA (and LLaVA-OneVision) repeats <image> and Mllama writes one <|image|> per image, so adjacent
-images there are told apart only by their length.
+images there are told apart only by their length. SmolVLM2 writes line breaks between an image's rows of crops,
+which stay within its chip, closed by the <fake_token_around_image> after its global view.
 """
 
 from __future__ import annotations

@@ -374,6 +374,36 @@ def test_glm4v_packs_video_rows_apart_from_image_rows_and_each_stays_exact(tmp_p
         assert _worst_difference(model, layout, chosen, [list(range(len(pack)))], collate) < TOLERANCE
 
 
+def test_smolvlm_packs_video_rows_with_still_images_and_each_stays_exact(tmp_path):
+    import datasets
+    from PIL import Image
+
+    from tests.test_video_tokenize import IMAGE_PART, VIDEO_PART, moving_frames, png, stored_video, text, video_rows
+    from vlmdata.schema import NORMALISED_FEATURES
+
+    # A video row and a still image row share one pixel_values; a row of two videos of different lengths pads
+    # the shorter one with an empty frame, which the model drops wherever the row sits in the pack.
+    still = {"messages": [{"role": "user", "content": [IMAGE_PART, text("What is it?")]},
+                          {"role": "assistant", "content": [text("A green card.")]}],
+             "images": [png(Image.new("RGB", (64, 48), (30, 160, 40)))], "videos": [], "audios": [], "id": "still",
+             "source": "made"}
+    two_videos = {**still, "id": "two-videos", "images": [],
+                  "messages": [{"role": "user", "content": [VIDEO_PART, VIDEO_PART, text("Both?")]},
+                               {"role": "assistant", "content": [text("Yes.")]}],
+                  "videos": [stored_video(moving_frames(4)), stored_video(moving_frames(3))]}
+    rows = [row for row in video_rows() if row["id"] != "image-and-video"] + [still, two_videos]
+    data = tmp_path / "normalised"
+    datasets.Dataset.from_list(rows, features=NORMALISED_FEATURES).save_to_disk(str(data))
+    shards_dir = tmp_path / "shards"
+    tokenize(data, shards_dir, model=str(tiny_model("smolvlm")), progress=False)
+    rows, layout = _rows(shards_dir)
+    assert len(rows) == 5
+    model = _model("smolvlm")
+    collate = _packing(model, layout, "smolvlm")
+    for packs in ([[0, 1, 2, 3, 4]], [[4, 3], [0, 2, 1]]):
+        assert _worst_difference(model, layout, rows, packs, collate) < TOLERANCE
+
+
 def test_the_media_budget_counts_each_rows_media_tokens_from_its_input_ids(shards):
     import datasets
     from transformers import AutoProcessor

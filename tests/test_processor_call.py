@@ -23,12 +23,15 @@ from vlmdata.tokenize import tokenize
 
 # Families whose image processor pads images or tiles with zeros after normalising (Pixtral pads the images of
 # a row to the largest, Mllama fills unused tiles, LFM2-VL pads each tile's patches to the most a tile can hold):
-# no uint8 code gives 0.0, so their pixels are encoded from the normalised floats. Every other family hands its
-# uint8 pixels over as they are.
-PADS_AFTER_NORMALISING = {"pixtral", "mistral3", "mllama", "lfm2_vl"}
+# no uint8 code gives 0.0, so their pixels are encoded from the normalised floats. SmolVLM2's image processor
+# lays every crop into a float tensor of zeros, padded or not, and its video processor pads a row's shorter
+# videos with frames of 0.0. Every other family hands its uint8 pixels over as they are.
+PADS_AFTER_NORMALISING = {"pixtral", "mistral3", "mllama", "lfm2_vl", "smolvlm"}
 # Asked for no tensors, Llama 4's image processor returns its tiles as one array per image, which stack to
 # another shape: its tokenizer's lists cannot be taken, so it is asked for numpy.
 STACKS_IMAGES_OTHERWISE = {"llama4"}
+# SmolVLM2's processor counts a video's frames from the shape of its pixels, which lists have not: it is asked for numpy.
+COUNTS_FRAMES_FROM_ARRAYS = {"smolvlm"}
 # InternVL's processor slices and joins its pixels as torch tensors: it is asked for torch.
 TAKES_ONLY_TORCH = {"internvl"}
 
@@ -70,11 +73,12 @@ def test_every_family_gets_its_quick_call_and_the_same_tensors(photos_dir, tmp_p
         summary = tokenize(photos_dir, out, model=str(tiny_model(alias)), progress=False)
         assert summary.rows_written == 2, (alias, summary.rejects_by_reason)
         call = json.loads((out / "vlmdata.json").read_text())["processor_call"]
-        expected_tensors = "np" if alias in STACKS_IMAGES_OTHERWISE else "pt" if alias in TAKES_ONLY_TORCH else None
+        as_numpy = STACKS_IMAGES_OTHERWISE | COUNTS_FRAMES_FROM_ARRAYS
+        expected_tensors = "np" if alias in as_numpy else "pt" if alias in TAKES_ONLY_TORCH else None
         assert call["return_tensors"] == expected_tensors, (alias, call)
         assert call["vectorised_masks"] and call["image_arrays"], alias
         codes = [] if alias in PADS_AFTER_NORMALISING else ["pixel_values"]
-        if "video" in get_family(alias).modalities:  # video pixels are asked for as codes as well
+        if "video" in get_family(alias).modalities and codes:  # video pixels are asked for as codes as well
             codes.append("pixel_values_videos")
         assert call["pixel_codes"] == codes, alias
 

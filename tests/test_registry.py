@@ -16,7 +16,7 @@ from vlmdata.models import FAMILIES, family_for_config, family_for_model_type, g
 from vlmdata.models.loading import load_processor
 
 ALIASES = ["gemma3", "gemma3n", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5", "llava", "mllama", "pixtral", "mistral3",
-           "llama4", "gemma4", "glm4v", "internvl", "llava_onevision", "lfm2_vl"]
+           "llama4", "gemma4", "glm4v", "internvl", "llava_onevision", "lfm2_vl", "smolvlm"]
 
 
 def test_every_documented_alias_is_known():
@@ -42,6 +42,7 @@ def test_every_documented_alias_is_known():
         ("internvl", "OpenGVLab/InternVL3-1B-hf", "internvl"),
         ("llava_onevision", "llava-hf/llava-onevision-qwen2-7b-ov-hf", "llava_onevision"),
         ("lfm2_vl", "LiquidAI/LFM2-VL-1.6B", "lfm2_vl"),
+        ("smolvlm", "HuggingFaceTB/SmolVLM2-2.2B-Instruct", "smolvlm"),
     ],
 )
 def test_alias_names_its_checkpoint_and_template(alias, checkpoint, template):
@@ -87,6 +88,19 @@ def test_lfm2_vl_takes_images_only_and_counts_its_tile_names_as_media():
     tokens = set(family.media_tokens)
     assert {"<|image_start|>", "<image>", "<|img_thumbnail|>", "<|image_end|>"} <= tokens
     assert {"<|img_row_1_col_1|>", "<|img_row_2_col_5|>", "<|img_row_10_col_1|>"} <= tokens
+def test_smolvlm_times_its_frames_and_counts_the_video_intro_as_media():
+    family = get_family("smolvlm")
+    assert family.modalities == ("image", "video") and not family.images_beside_videos
+    assert {"<fake_token_around_image>", "<image>", "<global-img>", "<row_1_col_1>", "<row_6_col_6>"} <= set(
+        family.media_tokens)
+    # The processor's "\nFrame from mm:ss:" before each frame, the intro sentence before the first one's.
+    timestamp = re.compile(family.frame_timestamp)
+    intro = "You are provided the following series of twenty-four frames from a 0:01:03 [H:MM:SS] video.\n"
+    assert timestamp.fullmatch("\nFrame from 00:01:") and timestamp.fullmatch("\nFrame from 120:59:")
+    first = "\nFrame from 00:00:"
+    assert timestamp.fullmatch(intro + first) and timestamp.fullmatch(" " + intro + first)
+    assert not timestamp.fullmatch("Frame from 00:01:") and not timestamp.fullmatch("See\nFrame from 00:01:")
+    assert not timestamp.fullmatch(intro)
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -143,6 +157,7 @@ def test_unknown_alias_is_fatal_and_lists_the_known_ones():
         ("internvl", "internvl"),
         ("llava_onevision", "llava_onevision"),
         ("lfm2_vl", "lfm2_vl"),
+        ("smolvlm", "smolvlm"),
     ],
 )
 def test_model_type_maps_to_its_family(model_type, alias):

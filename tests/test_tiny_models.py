@@ -45,6 +45,7 @@ EXPECTED_CLASSES = {  # alias: (processor, model)
     "internvl": ("InternVLProcessor", "InternVLForConditionalGeneration"),
     "llava_onevision": ("LlavaOnevisionProcessor", "LlavaOnevisionForConditionalGeneration"),
     "lfm2_vl": ("Lfm2VlProcessor", "Lfm2VlForConditionalGeneration"),
+    "smolvlm": ("SmolVLMProcessor", "SmolVLMForConditionalGeneration"),
 }
 
 # The token whose ids the model replaces with image features, as in the real checkpoints' configs.
@@ -65,6 +66,7 @@ MODEL_IMAGE_TOKEN = {
     "internvl": "<IMG_CONTEXT>",
     "llava_onevision": "<image>",
     "lfm2_vl": "<image>",
+    "smolvlm": "<image>",
 }
 
 ORDINARY_TEXT = [
@@ -79,6 +81,8 @@ ORDINARY_TEXT = [
 CONTROL_TOKEN = re.compile(r"<\|[a-z_]+\|>|<\|?[a-z_]+\|?>|\[/?[A-Z_]+\]")
 # Tags the templates write as ordinary text: Qwen's vocabulary has no "<tools>" token.
 PLAIN_TEXT_TAGS = {"<tools>"}
+# Placeholders a processor replaces in the text before it tokenizes it, which the vocabulary need not hold.
+REPLACED_PLACEHOLDERS = {"smolvlm": {"<video>"}}
 
 
 @pytest.fixture(scope="session")
@@ -159,6 +163,10 @@ def expected_image_tokens(alias: str, config, inputs) -> int:
         # Each tile, thumbnail or whole image's patch grid, unshuffled factor x factor into one token.
         factor = config.downsample_factor
         return sum(-(-int(h) // factor) * -(-int(w) // factor) for h, w in inputs["spatial_shapes"])
+    if alias == "smolvlm":
+        # Each crop and global view's patches, pixel-shuffled by the scale factor.
+        patches = (vision.image_size // vision.patch_size) ** 2
+        return patches // config.scale_factor**2 * inputs["pixel_values"].shape[1]
     raise AssertionError(f"no expectation for {alias}")
 
 
@@ -214,6 +222,7 @@ def test_ordinary_text_has_no_unknown_tokens(alias, load):
 def test_template_control_tokens_are_single_special_ids(alias, load):
     tokenizer = load(alias)[0].tokenizer
     control = set(CONTROL_TOKEN.findall(builder.read_chat_template(alias))) - PLAIN_TEXT_TAGS
+    control -= REPLACED_PLACEHOLDERS.get(alias, set())
     control |= {token for token in (tokenizer.bos_token, tokenizer.eos_token) if token}
     assert control
     for token in sorted(control):
@@ -359,7 +368,7 @@ def test_qwen3_5_mixes_linear_and_full_attention(load):
     assert not hasattr(layers[1], "linear_attn")
 
 
-@pytest.mark.parametrize("alias", ["qwen3_vl", "qwen3_5", "glm4v", "lfm2_vl"])
+@pytest.mark.parametrize("alias", ["qwen3_vl", "qwen3_5", "glm4v", "lfm2_vl", "smolvlm"])
 def test_no_parameter_is_left_at_zero(alias, load):
     # Zero-initialised gates and projections would make logit comparisons pass whatever the inputs.
     _, model = load(alias)
@@ -470,3 +479,38 @@ def test_lfm2_vl_mixes_a_short_convolution_and_attention(load):
     layers = model.model.language_model.layers
     assert type(layers[0].conv).__name__ == "Lfm2ShortConv" and not hasattr(layers[0], "self_attn")
     assert type(layers[1].self_attn).__name__ == "Lfm2Attention" and not hasattr(layers[1], "conv")
+def test_smolvlm_cuts_each_image_into_crops_and_a_global_view(load):
+    processor, model = load("smolvlm")
+    inputs = render(processor, conversation(*ONE_IMAGE))
+    # 64x48 is resized to 32x24, then cut into 2x2 crops of 16 px; the global view comes last.
+    assert tuple(inputs["pixel_values"].shape) == (1, 5, 3, 16, 16)
+    assert tuple(inputs["pixel_attention_mask"].shape) == (1, 5, 16, 16)
+    decoded = processor.tokenizer.decode(inputs["input_ids"][0])
+    crop = "<image>" * 4
+    assert decoded.startswith(f"<|im_start|>User:<fake_token_around_image><row_1_col_1>{crop}"
+                              f"<fake_token_around_image><row_1_col_2>{crop}\n")
+    assert f"<row_2_col_2>{crop}\n\n<fake_token_around_image><global-img>{crop}<fake_token_around_image>What" in decoded
+    with torch.no_grad():
+        outputs = model(**inputs)
+        changed = {**inputs, "pixel_values": inputs["pixel_values"].flip(1)}
+        assert not torch.allclose(model(**changed).logits, outputs.logits)
+
+
+def test_smolvlm_writes_each_video_frame_after_its_time_and_keeps_only_the_frames_beside_an_image(load):
+    processor, model = load("smolvlm")
+    inputs = render_video(processor)
+    assert tuple(inputs["pixel_values"].shape) == (1, 3, 3, 16, 16)
+    decoded = processor.tokenizer.decode(inputs["input_ids"][0])
+    frame = "<fake_token_around_image><global-img>" + "<image>" * 4 + "<fake_token_around_image>"
+    assert decoded.startswith(
+        "<|im_start|>User: You are provided the following series of three frames from a 0:00:02 [H:MM:SS] video.\n"
+        f"\nFrame from 00:00:{frame}\nFrame from 00:01:{frame}\nFrame from 00:02:{frame}\n\nWhat is in")
+    with torch.no_grad():
+        outputs = model(**inputs)
+        changed = {**inputs, "pixel_values": inputs["pixel_values"].flip(1)}
+        assert not torch.allclose(model(**changed).logits, outputs.logits)
+    # Images and frames are both pixel_values: beside a video an image's tokens are written, its pixels lost.
+    beside = render_video(processor, *ONE_IMAGE)
+    assert tuple(beside["pixel_values"].shape) == (1, 3, 3, 16, 16)
+    with pytest.raises(ValueError):
+        model(**beside)

@@ -103,7 +103,7 @@ def test_labels_train_on_assistant_and_last(alias, data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl", "llava", "qwen3_5", "glm4v", "internvl", "llava_onevision",
-                                   "lfm2_vl"])
+                                   "lfm2_vl", "smolvlm"])
 def test_labels_train_on_all_skips_only_media(alias, data_dir, tmp_path):
     loaded = AutoProcessor.from_pretrained(tiny_model(alias))
     _tokenize(data_dir, tmp_path / "all", alias, train_on="all")
@@ -150,10 +150,11 @@ def test_truncate_text_never_cuts_through_image_tokens(data_dir, tmp_path):
     assert "through media tokens" in rejects and summary.rows_rejected >= 1
 
 
-@pytest.mark.parametrize("alias", ["qwen2_vl", "mllama", "lfm2_vl"])
+@pytest.mark.parametrize("alias", ["qwen2_vl", "mllama", "lfm2_vl", "smolvlm"])
 def test_truncate_text_keeps_every_media_token_and_the_tensors_aligned(alias, data_dir, tmp_path):
     # Qwen2-VL: many <|image_pad|> tokens matched by image_grid_thw; Mllama: a cross_attention_mask per token;
-    # LFM2-VL: tile names among the <image> runs, and a pixel row per tile.
+    # LFM2-VL: tile names among the <image> runs, and a pixel row per tile; SmolVLM: crops whose row and column
+    # tokens sit among the image tokens.
     _tokenize(data_dir, tmp_path / "full", alias)
     full_rows = _shard_rows(tmp_path / "full")
     layout = read_layout(tmp_path / "full")

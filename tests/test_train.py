@@ -277,3 +277,14 @@ def test_lfm2_vl_adapts_its_attention_convolution_and_mlp_projections_only():
     assert lora_targets(model, lora_target_modules(recipe["lora_target_modules"])) == default
     listed = lora_targets(model, lora_target_modules(["q_proj", "k_proj", "v_proj", "out_proj"]))
     assert any(name.startswith("model.vision_tower.") for name in listed)
+def test_smolvlm_adapts_only_its_text_model():
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model("smolvlm"))
+    assert vision_modules(model) == ["model.vision_model", "model.connector"]
+    default = lora_targets(model, DEFAULT_LORA_TARGETS)
+    assert len(default) == 7 * model.config.text_config.num_hidden_layers
+    assert all(name.startswith("model.text_model.layers.") for name in default)
+    # The recipe's axolotl regex finds the same layers; axolotl's list form reaches into the vision model too.
+    recipe = yaml.safe_load((ROOT / "recipes" / "smolvlm.yaml").read_text())
+    assert lora_targets(model, lora_target_modules(recipe["lora_target_modules"])) == default
+    listed = lora_targets(model, lora_target_modules(["q_proj", "k_proj", "v_proj", "o_proj"]))
+    assert any(name.startswith("model.vision_model.") for name in listed)

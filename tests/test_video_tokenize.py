@@ -1,5 +1,5 @@
-"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Gemma 4, GLM-4.1V, InternVL and
-LLaVA-OneVision shards hold each frame once as uint8 codes and rebuild the processor's own tensors bit for bit;
+"""Videos through tokenize and train: Qwen2-VL, Qwen2.5-VL, Qwen3-VL, Qwen3.5, Gemma 4, GLM-4.1V, InternVL,
+LLaVA-OneVision and SmolVLM2 shards hold each frame once as uint8 codes and rebuild the processor's own tensors bit for bit;
 families without video refuse them or take their frames as images; a forward pass on collated video shards equals
 the one on the processor's batch."""
 
@@ -33,8 +33,8 @@ from vlmdata.train.collator import PixelDecoding, ShardCollator
 
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"]
 VIDEO_FAMILIES = QWEN + ["glm4v"]
-# GLM-4.1V's forward cannot take an image beside a video: tokenize refuses that row.
-REFUSED = {"glm4v": {"image-and-video"}}
+# GLM-4.1V's forward cannot take an image beside a video, nor SmolVLM2's processor: tokenize refuses that row.
+REFUSED = {"glm4v": {"image-and-video"}, "smolvlm": {"image-and-video"}}
 FPS = 10.0
 
 
@@ -479,3 +479,78 @@ def test_videos_of_different_lengths_in_one_row_are_a_reject_where_the_processor
     (written,) = load_shards(tmp_path / "shards")
     pixels = model_inputs(written, read_layout(tmp_path / "shards"))[STACKED_VIDEO_PIXELS[alias]]
     assert pixels.shape[:2] == ((6, 3) if alias == "internvl" else (2, 3))
+
+
+def test_smolvlm_video_shards_rebuild_the_processor_output_and_its_batch(video_data, video_shards):
+    out = video_shards("smolvlm")
+    (reject,) = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert reject["id"] == "image-and-video" and "cannot take together" in reject["reason"]
+    layout = read_layout(out)
+    specs = {spec.name: spec for spec in layout.tensors}
+    assert specs["pixel_values"].stored_dtype == "uint8" and specs["pixel_attention_mask"].stored_dtype == "uint8"
+    loaded = load_processor(str(tiny_model("smolvlm")))
+    processor, template = loaded.processor, load_template(loaded.family.template_name)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model("smolvlm")).eval()
+    shards = {row["id"]: row for row in load_shards(out)}
+    alone = {}
+    for row in datasets.load_from_disk(str(video_data)):
+        if row["id"] in REFUSED["smolvlm"]:
+            continue
+        expected = oracle_outputs(processor, row, template)
+        expected.pop("assistant_masks")
+        rebuilt = model_inputs(shards[row["id"]], layout)
+        # A video's frames are its 16 px views, one after the other: [1, frames, 3, 16, 16].
+        assert tuple(rebuilt["pixel_values"].shape) == (1, len(row["videos"][0]["frames"]), 3, 16, 16)
+        for name, tensor in expected.items():
+            assert rebuilt[name].dtype == tensor.dtype and torch.equal(rebuilt[name], tensor), (row["id"], name)
+        with torch.no_grad():
+            alone[row["id"]] = model(**expected).logits[0]
+    # A batch pads the rows' frames with empty ones, as the processor pads a batch; the model drops them.
+    ids = list(alone)
+    batch = ShardCollator(layout, pad_token_id=0)([shards[row_id] for row_id in ids])
+    assert tuple(batch["pixel_values"].shape) == (3, 5, 3, 16, 16)
+    codes = ShardCollator(layout, pad_token_id=0, decode_pixels=False)([shards[row_id] for row_id in ids])
+    hook = model.register_forward_pre_hook(PixelDecoding(layout), with_kwargs=True)
+    with torch.no_grad():
+        hooked = model(**{k: v for k, v in codes.items() if k != "labels"}).logits
+    hook.remove()
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert torch.equal(hooked, logits)
+    for index, row_id in enumerate(ids):
+        assert torch.allclose(logits[index, : len(alone[row_id])], alone[row_id], atol=1e-5), row_id
+
+
+def test_smolvlm_takes_videos_of_different_lengths_in_one_row(tmp_path):
+    # Its video processor pads the shorter video with empty frames, which the model drops.
+    content = [VIDEO_PART, VIDEO_PART, text("Both?")]
+    row = {"messages": [{"role": "user", "content": content}, {"role": "assistant", "content": [text("Yes.")]}],
+           "images": [], "videos": [stored_video(moving_frames(4)), stored_video(moving_frames(3))], "audios": [],
+           "id": "lengths-differ", "source": "made"}
+    data = tmp_path / "normalised"
+    datasets.Dataset.from_list([row], features=NORMALISED_FEATURES).save_to_disk(str(data))
+    summary = tokenize(data, tmp_path / "shards", model=str(tiny_model("smolvlm")), progress=False)
+    assert (summary.rows_written, summary.rows_rejected) == (1, 0)
+    (written,) = load_shards(tmp_path / "shards")
+    inputs = model_inputs(written, read_layout(tmp_path / "shards"))
+    assert tuple(inputs["pixel_values"].shape) == (2, 4, 3, 16, 16)
+    assert not inputs["pixel_values"][1, 3].any()  # the padding frame
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model("smolvlm"))
+    with torch.no_grad():
+        assert torch.isfinite(model(**inputs).loss)
+
+
+def test_smolvlm_video_intro_and_frame_times_are_never_trained_even_with_train_on_all(video_data, tmp_path):
+    out = tmp_path / "all"
+    tokenize(video_data, out, model=str(tiny_model("smolvlm")), train_on="all", progress=False)
+    tokenizer = load_processor(str(tiny_model("smolvlm"))).processor.tokenizer
+    frame_counts = {row["id"]: len(row["videos"][0]["frames"]) for row in datasets.load_from_disk(str(video_data))}
+    for row in load_shards(out):
+        trained = tokenizer.decode(row["input_ids"][row["labels"] != -100].tolist())
+        masked = tokenizer.decode(row["input_ids"][row["labels"] == -100].tolist())
+        # Every text token is trained but the media, the video's intro and the "\nFrame from mm:ss:" of each frame.
+        assert "Frame" not in trained and "provided" not in trained and "<image>" not in trained, row["id"]
+        assert masked.count("You are provided the following series of") == 1, row["id"]
+        assert len(re.findall(r"\nFrame from \d\d:\d\d:<fake_token_around_image><global-img>", masked)) == \
+            frame_counts[row["id"]], row["id"]
+        assert trained.startswith("<|im_start|>User:") and "A square moves right." in trained, row["id"]

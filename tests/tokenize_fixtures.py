@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Families tokenized end to end: the oracle, labels and a forward pass are checked for each.
 FAMILIES = [
     "gemma3", "qwen2_vl", "llava", "qwen2_5_vl", "mllama", "pixtral", "mistral3", "llama4", "gemma3n", "qwen3_vl",
-    "qwen3_5", "gemma4", "glm4v", "internvl", "llava_onevision", "lfm2_vl",
+    "qwen3_5", "gemma4", "glm4v", "internvl", "llava_onevision", "lfm2_vl", "smolvlm",
 ]
 # What ends an assistant turn in each family's official format (trained together with the reply).
 END_OF_TURN = {
@@ -41,6 +41,7 @@ END_OF_TURN = {
     "internvl": "<|im_end|>",
     "llava_onevision": "<|im_end|>",
     "lfm2_vl": "<|im_end|>",
+    "smolvlm": "<end_of_utterance>",
 }
 # What opens the replies after the last user turn: Qwen3.5 writes an empty think block, trained with the reply.
 LAST_REPLY_OPENING = {"qwen3_5": "<think>\n\n</think>\n\n"}

@@ -22,7 +22,8 @@ TRAIN_ON = ("assistant", "all", "last")
 # What is done with a row longer than the maximum length: rejected (none), or cut after its last media token (text).
 TRUNCATE = ("none", "text")
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
-# The longest frame timestamp looked for, in tokens ("<12.5 seconds>" is 8 with the Qwen tokenizer).
+# The longest frame timestamp looked for, in tokens ("<12.5 seconds>" is 8 with the Qwen tokenizer), unless the
+# family says otherwise (`Family.frame_timestamp_tokens`).
 MAX_TIMESTAMP_TOKENS = 16
 
 
@@ -101,6 +102,7 @@ def media_mask(
     frame_timestamp: re.Pattern | None = None,
     decode: Callable[[list[int]], str] | None = None,
     video_span_ids: tuple[int, int] | None = None,
+    timestamp_tokens: int = MAX_TIMESTAMP_TOKENS,
 ) -> np.ndarray:
     """Which tokens of a row stand for media: the media tokens, and the timestamp text of each video frame.
 
@@ -117,6 +119,7 @@ def media_mask(
         frame_timestamp: what the text before each frame fully matches.
         decode: turns token ids into text (the tokenizer's own decoding).
         video_span_ids: the ids that open and close a video, where all between them is media.
+        timestamp_tokens: the most tokens the text before a frame may take.
 
     Example:
         >>> media_mask(np.array([3, 1, 2, 9, 9, 8]), {9, 8}).tolist()
@@ -134,14 +137,14 @@ def media_mask(
     starts = np.flatnonzero(np.all(
         [np.roll(input_ids, -shift) == token for shift, token in enumerate(frame_start_ids)], axis=0))
     for start in starts[starts <= len(input_ids) - width]:
-        first = _timestamp_start(input_ids, media, start, frame_timestamp, decode)
+        first = _timestamp_start(input_ids, media, start, frame_timestamp, decode, timestamp_tokens)
         media[first:start] = True
     return media
 
 
-def _timestamp_start(input_ids, media, start: int, pattern: re.Pattern, decode) -> int:
+def _timestamp_start(input_ids, media, start: int, pattern: re.Pattern, decode, max_tokens: int) -> int:
     first = start
-    for size in range(1, MAX_TIMESTAMP_TOKENS + 1):
+    for size in range(1, max_tokens + 1):
         if start - size < 0 or media[start - size]:
             break
         if pattern.fullmatch(decode(input_ids[start - size : start].tolist())):

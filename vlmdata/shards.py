@@ -95,6 +95,8 @@ def _to_numpy(tensor: torch.Tensor, spec: TensorSpec) -> np.ndarray:
     array = tensor.detach().cpu().numpy()
     if spec.stored_dtype == "int32" and array.size and (array.min() < INT32.min or array.max() > INT32.max):
         raise RowError(f"{spec.name} holds values outside int32")
+    if spec.stored_dtype == "uint8" and spec.pixels is None and array.size and (array.min() < 0 or array.max() > 255):
+        raise RowError(f"{spec.name} holds values outside uint8")
     dtype = spec.stored_dtype
     if spec.pixels is not None and array.dtype != np.uint8:
         dtype = "float32"  # codes are made from the floats

@@ -11,7 +11,8 @@ A spec says, for one tensor:
 - its storage (`Storage`): a 1-D list, an ArrayND column with a free first dimension when the other
   dimensions are the same for every row (Gemma 3's `[n, 3, H, W]`), or a flat list plus a `<name>_shape`
   column when they vary (Pixtral's pixel values follow each image's size);
-- its dtypes, and for pixels stored as uint8 codes, their `vlmdata.pixels.PixelStorage`.
+- its dtypes, and for pixels stored as uint8 codes, their `vlmdata.pixels.PixelStorage`; integer tensors are
+  stored as int32, but for masks of one value per pixel (`BYTE_MASKS`), stored as uint8.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ FLOAT_DTYPES = ("torch.float32", "torch.float16", "torch.bfloat16", "torch.float
 VIDEO_PIXELS = "pixel_values_videos"
 # Tensors whose family's processor pads them its own way.
 FAMILY_PADDING = {"aspect_ratio_mask": Padding.FIRST_TILE}
+# Integer masks as large as the pixels they mark (SmolVLM2's, one value per pixel of every crop), stored a byte
+# a value rather than four.
+BYTE_MASKS = ("pixel_attention_mask",)
 
 
 class Storage(StrEnum):
@@ -206,6 +210,8 @@ def probe_layout(outputs: list[dict[str, torch.Tensor]], image_processor=None, v
         stored_dtype = "int32" if not dtype.is_floating_point and dtype != torch.bool else str(dtype)[6:]
         if dtype.is_floating_point:
             stored_dtype = "float32"
+        elif name in BYTE_MASKS and all(output[name].min() >= 0 and output[name].max() <= 1 for output in present):
+            stored_dtype = "uint8"
         if ndim == 1:
             storage, tail = Storage.LIST, ()
         elif len(tails) == 1 and ndim in ARRAY_TYPES:

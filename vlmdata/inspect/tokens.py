@@ -42,10 +42,10 @@ def media_token_names(tokenizer, names: Sequence[str]) -> dict[int, str]:
 
 
 def has_closing_token(media: dict[int, str]) -> bool:
-    """Whether a media run ends with a token of its own (<end_of_image>, [IMG_END], <image|>, </img>); without one
-    (LLaVA's repeated <image>, Mllama's one <|image|> per image) adjacent items can only be told apart by their
-    length."""
-    return any(_closes(name) for name in media.values())
+    """Whether a media run ends with a token of its own (<end_of_image>, [IMG_END], <image|>, </img>, SmolVLM2's
+    <fake_token_around_image> after a global view); without one (LLaVA's repeated <image>, Mllama's one <|image|>
+    per image) adjacent items can only be told apart by their length."""
+    return any(_closes(name) for name in media.values()) or {AROUND_VIEW, GLOBAL_VIEW} <= set(media.values())
 
 
 def image_length(processor) -> int | None:
@@ -98,21 +98,54 @@ def _runs(
     ids: list[int], labels: list[int], media: dict[int, str], item_tokens: int | None
 ) -> list[tuple[str, int, int]]:
     """(kind, start, end) of each run; a media run also ends after a closing token such as <end_of_image>, or
-    after `item_tokens` tokens, so that two images in a row make two chips."""
+    after `item_tokens` tokens, so that two images in a row make two chips. Within an image whose parts the
+    processor writes with text between them (SmolVLM2's line breaks between rows of crops), that text belongs
+    to the image's run."""
     runs: list[tuple[str, int, int]] = []
     start, current = 0, MASKED
+    within = _within_views(ids, media)
+    closed = False  # the previous token closed an item
     for position, token in enumerate(ids):
-        kind = MEDIA if token in media else TRAINED if labels[position] != IGNORE_INDEX else MASKED
-        ends_item = kind == current == MEDIA and (
-            _closes(media[ids[position - 1]]) or position - start == item_tokens
-        )
+        if token in media or within[position]:
+            kind = MEDIA
+        else:
+            kind = TRAINED if labels[position] != IGNORE_INDEX else MASKED
+        ends_item = kind == current == MEDIA and (closed or position - start == item_tokens)
         if position > start and (kind != current or ends_item):
             runs.append((current, start, position))
             start = position
         current = kind
+        closed = within[position] == CLOSING or (token in media and within[position] is None and _closes(media[token]))
     if ids:
         runs.append((current, start, len(ids)))
     return runs
+
+
+# SmolVLM2 writes an image as rows of crops, "<fake_token_around_image><row_1_col_1><image>...", a line break
+# after each row, then its global view "<fake_token_around_image><global-img><image>...<fake_token_around_image>",
+# whose last token closes the image (a video frame is a global view alone).
+AROUND_VIEW, GLOBAL_VIEW = "<fake_token_around_image>", "<global-img>"
+INSIDE, CLOSING = "inside", "closing"
+
+
+def _within_views(ids: list[int], media: dict[int, str]) -> list[str | None]:
+    """For each token, INSIDE an image of crops and views (text there included), CLOSING for the token that
+    closes one, or None (every token of a family without such images)."""
+    within: list[str | None] = [None] * len(ids)
+    if not {AROUND_VIEW, GLOBAL_VIEW} <= set(media.values()):
+        return within
+    state = None  # None, "open" (crops), "global" (the global view)
+    for position, token in enumerate(ids):
+        name = media.get(token)
+        if name == AROUND_VIEW and state == "global":
+            within[position], state = CLOSING, None
+            continue
+        if name == AROUND_VIEW and state is None:
+            state = "open"
+        elif name == GLOBAL_VIEW and state is not None:
+            state = "global"
+        within[position] = INSIDE if state is not None else None
+    return within
 
 
 def _closes(name: str) -> bool:
@@ -122,7 +155,7 @@ def _closes(name: str) -> bool:
 
 
 def _modality(ids: list[int], media: dict[int, str]) -> str:
-    names = " ".join(media[token] for token in ids).lower()
+    names = " ".join(media[token] for token in ids if token in media).lower()
     return "audio" if "audio" in names else "video" if "video" in names else "image"
 
 

@@ -68,7 +68,7 @@ class LoadedProcessor:
         return media_mask(
             input_ids, self.media_token_ids, self._frame_start_ids, self._frame_timestamp,
             lambda ids: tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False),
-            self._video_span_ids,
+            self._video_span_ids, self.family.frame_timestamp_tokens,
         )
 
 

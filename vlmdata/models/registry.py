@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from vlmdata.errors import FatalError
+from vlmdata.labels import MAX_TIMESTAMP_TOKENS
 
 
 
@@ -41,6 +42,8 @@ class Family:
         frame_start: The tokens that open each video frame, where the processor writes a timestamp as text
             before every frame (Qwen3-VL's "<1.5 seconds>"); empty for the others.
         frame_timestamp: A regular expression that timestamp text fully matches. It is media, never trained.
+        frame_timestamp_tokens: The most tokens that timestamp text takes (SmolVLM2's first frame follows the
+            video's intro sentence, which the pattern takes in too).
         video_span: The tokens that open and close a video, where the processor writes text between its frames
             that is not just before a frame start (GLM-4.1V's second after each frame): every token between
             them is media. None for the others.
@@ -60,6 +63,7 @@ class Family:
     model_inputs: tuple[str, ...]
     frame_start: tuple[str, ...] = ()
     frame_timestamp: str | None = None
+    frame_timestamp_tokens: int = MAX_TIMESTAMP_TOKENS
     video_span: tuple[str, str] | None = None
     images_beside_videos: bool = True
     stacks_videos: bool = False
@@ -90,6 +94,17 @@ INTERNVL_FRAME_TIMESTAMP = r"\n?Frame\d+: "
 # 10 x 10 grid; by default the processor cuts at most 10 tiles.
 LFM2_VL_IMAGE_TOKENS = ("<|image_start|>", "<image>", "<|img_thumbnail|>", "<|image_end|>") + tuple(
     f"<|img_row_{row}_col_{col}|>" for row in range(1, 11) for col in range(1, 11)
+# SmolVLM2 writes an image as its crops, "<fake_token_around_image><row_1_col_1><image>...", a line per row of
+# crops, then the global view "<fake_token_around_image><global-img><image>...<fake_token_around_image>"; <video> is
+# the template's placeholder for a video, which the processor replaces.
+SMOLVLM_CROP_TOKENS = tuple(f"<row_{row}_col_{col}>" for row in range(1, 7) for col in range(1, 7))
+SMOLVLM_MEDIA_TOKENS = ("<fake_token_around_image>", "<image>", "<global-img>", "<video>") + SMOLVLM_CROP_TOKENS
+# Each video frame is "\nFrame from 00:01:" then the frame as a global view; the first frame's stamp follows
+# "You are provided the following series of three frames from a 0:00:02 [H:MM:SS] video.\n".
+SMOLVLM_FRAME_START = ("<fake_token_around_image>", "<global-img>")
+SMOLVLM_FRAME_TIMESTAMP = (
+    r"( ?You are provided the following series of [a-z ,-]+ frames from a [0-9a-z :,]+ \[H:MM:SS\] video\.\n)?"
+    r"\nFrame from \d{2,}:\d{2}:"
 )
 LLAMA4_IMAGE_TOKENS = (
     "<|image_start|>",
@@ -272,6 +287,21 @@ _FAMILIES = (
         media_tokens=LFM2_VL_IMAGE_TOKENS,
         # Each tile, thumbnail or whole image is a row of pixel_values (padded patches), with its patch grid.
         model_inputs=("pixel_values", "spatial_shapes", "pixel_attention_mask"),
+        alias="smolvlm",
+        default_checkpoint="HuggingFaceTB/SmolVLM2-2.2B-Instruct",
+        template_name="smolvlm",
+        modalities=("image", "video"),
+        model_types=("smolvlm",),
+        media_tokens=SMOLVLM_MEDIA_TOKENS,
+        # pixel_values is [1, crops, 3, H, W]: every crop and global view of the row's images, or its video's
+        # frames; pixel_attention_mask marks each one's real pixels.
+        model_inputs=("pixel_values", "pixel_attention_mask"),
+        frame_start=SMOLVLM_FRAME_START,
+        frame_timestamp=SMOLVLM_FRAME_TIMESTAMP,
+        # The intro sentence and the first stamp, in a byte-level vocabulary that spells them out in pieces.
+        frame_timestamp_tokens=160,
+        # Images and videos both come back as pixel_values: a row holding both keeps only the video's.
+        images_beside_videos=False,
     ),
 )
 

@@ -2,8 +2,8 @@
 
 By default only the language model's attention and MLP projections get LoRA adapters; the vision tower, the
 projector and the audio tower stay frozen (`--train-vision` unfreezes the vision side). Module names follow
-transformers' own (`model.language_model.layers.3.self_attn.q_proj`), which is what axolotl's
-`lora_target_modules` regexes are written against.
+transformers' own (`model.language_model.layers.3.self_attn.q_proj`; SmolVLM2's `model.text_model.layers...`),
+which is what axolotl's `lora_target_modules` regexes are written against.
 """
 
 from __future__ import annotations
@@ -27,11 +27,13 @@ from vlmdata.optional import require
 # naming them too puts LoRA on every language-model layer (its small in_proj_a/in_proj_b gate heads stay frozen).
 # GLM-4.1V fuses its MLP's gate and up projections into one gate_up_proj. LFM2-VL's language model mixes tokens in
 # its short-convolution layers through in_proj and out_proj, and names its MLP's projections w1, w2 and w3.
-DEFAULT_LORA_TARGETS = r".*language_model.*\.((q|k|v|o|gate|up|gate_up|down|out)_proj|in_proj(_qkv|_z)?|w[123])"
-# The vision side of each family: the tower, the projector into the language model, Gemma 3n's and Gemma 4's
-# embedders, and with them their audio tower and embedder, frozen and trained (--train-vision) alike.
-VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "embed_vision", "audio_tower",
-                "embed_audio")
+# SmolVLM2 calls its language model text_model.
+DEFAULT_LORA_TARGETS = r".*(language|text)_model.*\.((q|k|v|o|gate|up|gate_up|down|out)_proj|in_proj(_qkv|_z)?|w[123])"
+# The vision side of each family: the tower, the projector into the language model (SmolVLM2's connector),
+# Gemma 3n's and Gemma 4's embedders, and with them their audio tower and embedder, frozen and trained
+# (--train-vision) alike.
+VISION_PARTS = ("vision_tower", "vision_model", "visual", "multi_modal_projector", "connector", "embed_vision",
+                "audio_tower", "embed_audio")
 ADAPTERS = ("lora", "full")
 # What the libraries say on every run, which tells the user nothing about theirs: (category, start of message).
 KNOWN_NOTICES = (

@@ -35,7 +35,7 @@ from vlmdata.shards import TensorLayout, arrow_row, model_inputs
 from vlmdata.tensor_spec import VIDEO_PIXELS
 
 # Families whose every layer sees only the restarted positions and the block-diagonal mask they make.
-PLAIN = ("gemma3n", "gemma4", "llava", "pixtral", "mistral3", "llama4", "internvl", "llava_onevision")
+PLAIN = ("gemma3n", "gemma4", "llava", "pixtral", "mistral3", "llama4", "internvl", "llava_onevision", "smolvlm")
 # Families whose rotary positions come from the images' grids (M-RoPE).
 MROPE = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "glm4v")
 # Families whose video rows and image rows cannot share a pack: transformers counts GLM-4.1V's video frame tokens
