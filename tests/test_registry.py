@@ -88,6 +88,8 @@ def test_lfm2_vl_takes_images_only_and_counts_its_tile_names_as_media():
     tokens = set(family.media_tokens)
     assert {"<|image_start|>", "<image>", "<|img_thumbnail|>", "<|image_end|>"} <= tokens
     assert {"<|img_row_1_col_1|>", "<|img_row_2_col_5|>", "<|img_row_10_col_1|>"} <= tokens
+
+
 def test_smolvlm_times_its_frames_and_counts_the_video_intro_as_media():
     family = get_family("smolvlm")
     assert family.modalities == ("image", "video") and not family.images_beside_videos

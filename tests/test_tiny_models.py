@@ -479,6 +479,8 @@ def test_lfm2_vl_mixes_a_short_convolution_and_attention(load):
     layers = model.model.language_model.layers
     assert type(layers[0].conv).__name__ == "Lfm2ShortConv" and not hasattr(layers[0], "self_attn")
     assert type(layers[1].self_attn).__name__ == "Lfm2Attention" and not hasattr(layers[1], "conv")
+
+
 def test_smolvlm_cuts_each_image_into_crops_and_a_global_view(load):
     processor, model = load("smolvlm")
     inputs = render(processor, conversation(*ONE_IMAGE))

@@ -277,6 +277,8 @@ def test_lfm2_vl_adapts_its_attention_convolution_and_mlp_projections_only():
     assert lora_targets(model, lora_target_modules(recipe["lora_target_modules"])) == default
     listed = lora_targets(model, lora_target_modules(["q_proj", "k_proj", "v_proj", "out_proj"]))
     assert any(name.startswith("model.vision_tower.") for name in listed)
+
+
 def test_smolvlm_adapts_only_its_text_model():
     model = AutoModelForImageTextToText.from_pretrained(tiny_model("smolvlm"))
     assert vision_modules(model) == ["model.vision_model", "model.connector"]

@@ -25,7 +25,6 @@ from vlmdata.errors import RowError
 from vlmdata.modalities.video import METADATA_KEY, VIDEO
 from vlmdata.models.loading import load_processor
 from vlmdata.models.registry import load_template
-from vlmdata.processor_call import PLAIN_CALL
 from vlmdata.schema import NORMALISED_FEATURES
 from vlmdata.shards import load_shards, model_inputs, read_layout
 from vlmdata.tokenize import tokenize

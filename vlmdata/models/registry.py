@@ -94,6 +94,7 @@ INTERNVL_FRAME_TIMESTAMP = r"\n?Frame\d+: "
 # 10 x 10 grid; by default the processor cuts at most 10 tiles.
 LFM2_VL_IMAGE_TOKENS = ("<|image_start|>", "<image>", "<|img_thumbnail|>", "<|image_end|>") + tuple(
     f"<|img_row_{row}_col_{col}|>" for row in range(1, 11) for col in range(1, 11)
+)
 # SmolVLM2 writes an image as its crops, "<fake_token_around_image><row_1_col_1><image>...", a line per row of
 # crops, then the global view "<fake_token_around_image><global-img><image>...<fake_token_around_image>"; <video> is
 # the template's placeholder for a video, which the processor replaces.
@@ -287,6 +288,8 @@ _FAMILIES = (
         media_tokens=LFM2_VL_IMAGE_TOKENS,
         # Each tile, thumbnail or whole image is a row of pixel_values (padded patches), with its patch grid.
         model_inputs=("pixel_values", "spatial_shapes", "pixel_attention_mask"),
+    ),
+    Family(
         alias="smolvlm",
         default_checkpoint="HuggingFaceTB/SmolVLM2-2.2B-Instruct",
         template_name="smolvlm",
