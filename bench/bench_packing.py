@@ -10,6 +10,9 @@ both up and is left out; throughput is the label
 tokens trained (`trained_tokens` of `loss.jsonl`) over the Trainer's own runtime, which leaves out loading.
 Padding is the share of the tokens of the batches that is padding: for the unpacked side, batches drawn in a
 random order as the Trainer draws them; for the packed side, the pack plan's.
+The attention figure times forward and backward passes over the same packs, `--attention-packs` of them at
+`--attention-multiple` times the longest row, with `sdpa_packed` (each sample's block, what training uses)
+against sdpa over the whole pack, in one thread.
 
 Example:
     python -m bench.bench_packing --rows 96 --steps 12 --repeats 2
@@ -21,6 +24,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +93,49 @@ def bench_family(family: str, rows: int, steps: int, batch_size: int, repeats: i
     return figures, details
 
 
+def bench_attention(family: str, shards: Path, multiple: int, packs: int, repeats: int) -> Figure:
+    """Seconds of forward and backward over packs of about `multiple` rows: sdpa_packed against sdpa whole."""
+    import torch
+
+    from vlmdata.pack_plan import PackOptions, plan_packs
+    from vlmdata.shards import load_shards, read_layout
+    from vlmdata.train.collator import PixelDecoding
+    from vlmdata.train.model import load_model
+    from vlmdata.train.packed_attention import SDPA_PACKED, use_packed_attention
+    from vlmdata.train.packing import packing_collator
+
+    rows, layout = list(load_shards(shards)), read_layout(shards)
+    lengths = np.array([len(row["input_ids"]) for row in rows])
+    plan = plan_packs(lengths, PackOptions(pack_length=int(lengths.max()) * multiple), seed=42)
+    chosen = plan.packs[:packs]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a step's own work, the same for both, without the other core's noise
+
+    def run(attention: str) -> float:
+        model = load_model(str(FIXTURE_MODELS / family), dtype=torch.float32)
+        if attention == SDPA_PACKED:
+            use_packed_attention(model)
+        model.register_forward_pre_hook(PixelDecoding(layout, torch.float32), with_kwargs=True)
+        collate = packing_collator(layout, 0, model, family)
+        batches = [collate([[rows[row] for row in pack]]) for pack in chosen]
+        start = time.perf_counter()
+        for batch in batches:
+            model(**batch).loss.backward()
+        return time.perf_counter() - start
+
+    try:
+        seconds = interleaved({SDPA_PACKED: lambda: run(SDPA_PACKED), "sdpa": lambda: run("sdpa")}, repeats + 1)
+    finally:
+        torch.set_num_threads(threads)
+    packed, whole = median(seconds[SDPA_PACKED][1:]), median(seconds["sdpa"][1:])
+    per_pack = np.mean([len(pack) for pack in chosen])
+    return Figure(f"packing.{family}.attention", f"packed step time, sdpa_packed vs sdpa over the pack, {family} "
+                  f"(tiny model, CPU, 1 thread)", f"{packed:.2f} s", f"sdpa: {whole:.2f} s", whole / packed,
+                  f"{whole / packed:.2f}x faster", "", None,
+                  f"forward and backward over {len(chosen)} packs of {per_pack:.1f} samples "
+                  f"({int(lengths.max()) * multiple} tokens each at most); median of {repeats} rounds after a warm-up")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -97,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--attention-multiple", type=int, default=4)
+    parser.add_argument("--attention-packs", type=int, default=2)
     parser.add_argument("--json", type=Path, default=BENCH_DIR / "results" / "packing.json")
     args = parser.parse_args(argv)
     figures, details = [], {}
@@ -104,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     for family in args.families.split(","):
         with tempfile.TemporaryDirectory(dir=BENCH_DIR, prefix="packing-") as scratch:
             found, details[family] = bench_family(family, args.rows, args.steps, args.batch_size, args.repeats, Path(scratch))
+            found.append(bench_attention(family, Path(scratch) / "shards", args.attention_multiple,
+                                         args.attention_packs, args.repeats))
         figures += found
     write_results(args.json, figures, details)
     print_figures(figures)

@@ -128,7 +128,9 @@ def test_bench_packing(tmp_path):
     assert bench_packing.main(["--families", "qwen2_vl", "--rows", "4", "--steps", "1", "--repeats", "1",
                                "--json", str(tmp_path / "packing.json")]) == 0
     figures, details = read(tmp_path / "packing.json")
-    assert [figure["key"] for figure in figures] == ["packing.qwen2_vl.padding", "packing.qwen2_vl.speed"]
+    assert [figure["key"] for figure in figures] == ["packing.qwen2_vl.padding", "packing.qwen2_vl.speed",
+                                                     "packing.qwen2_vl.attention"]
+    assert figures[2]["ratio"] > 0
     assert details["qwen2_vl"]["packed_padding"] < details["qwen2_vl"]["unpacked_padding"]
     assert all(rate > 0 for rates in details["qwen2_vl"]["rates"].values() for rate in rates)
 

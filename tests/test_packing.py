@@ -26,6 +26,8 @@ from vlmdata.shards import load_shards, read_layout
 from vlmdata.tokenize import tokenize
 from vlmdata.train.collator import PixelDecoding, ShardCollator
 from vlmdata.train.model import DEFAULT_LORA_TARGETS
+from vlmdata.train import packed_attention
+from vlmdata.train.packed_attention import SDPA_PACKED, sample_spans, use_packed_attention
 from vlmdata.train.packing import REFUSED, check_packable, llama4_pack_limit, packing_collator, packing_refusal
 
 PACKED = [alias for alias in FAMILIES if packing_refusal(alias, 4096) is None]
@@ -102,14 +104,49 @@ def _worst_difference(model, layout, rows, packs, collate) -> float:
 
 
 # One pack of every row, and two packs of different lengths in one batch (the shorter padded).
+# sdpa_packed (what training uses with sdpa) takes each sample's block of the mask that sdpa takes whole.
+@pytest.mark.parametrize("attention", ["sdpa", SDPA_PACKED])
 @pytest.mark.parametrize("packs", [[[0, 1, 2]], [[2, 0], [1]]], ids=["one-pack", "two-packs"])
 @pytest.mark.parametrize("alias", PACKED)
-def test_packed_logits_equal_each_sample_alone(alias, packs, shards):
+def test_packed_logits_equal_each_sample_alone(alias, packs, attention, shards):
     rows, layout = _rows(shards(alias))
     model = _model(alias)
+    assert attention == "sdpa" or use_packed_attention(model)
     collate = _packing(model, layout, alias)
 
     assert _worst_difference(model, layout, rows, packs, collate) < TOLERANCE
+
+
+def test_sample_spans_start_at_each_restart_and_keep_trailing_padding_together():
+    assert sample_spans(torch.tensor([0, 1, 2, 0, 1, 0, 0, 0])) == [(0, 3), (3, 5), (5, 8)]
+    assert sample_spans(torch.tensor([0, 1, 2, 3])) == [(0, 4)]
+
+
+def _attention_lengths(model, batch, monkeypatch) -> list[int]:
+    """The query lengths sdpa_packed hands to sdpa, layer after layer, in one forward."""
+    seen, real = [], packed_attention.sdpa_attention_forward
+
+    def recording(module, query, *args, **kwargs):
+        seen.append(query.shape[2])
+        return real(module, query, *args, **kwargs)
+
+    monkeypatch.setattr(packed_attention, "sdpa_attention_forward", recording)
+    with torch.no_grad():
+        _logits(model, batch)
+    return seen
+
+
+def test_sdpa_packed_runs_sdpa_on_each_samples_block_alone(shards, monkeypatch):
+    rows, layout = _rows(shards("qwen2_vl"))
+    model = _model("qwen2_vl")
+    assert use_packed_attention(model)
+    batch = _packing(model, layout, "qwen2_vl")([rows])
+    layers = model.config.get_text_config().num_hidden_layers
+
+    assert _attention_lengths(model, batch, monkeypatch) == [len(row["input_ids"]) for row in rows] * layers
+    # A mask that lets samples see each other is taken whole (the negative control below shows the leak).
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    assert _attention_lengths(model, batch, monkeypatch) == [batch["input_ids"].shape[1]] * layers
 
 
 def test_gemma3_with_eager_attention_takes_additive_masks_and_stays_exact(shards):
@@ -127,7 +164,9 @@ def test_summed_loss_and_lora_gradients_equal_the_samples_alone(alias, shards):
     torch.manual_seed(0)
     # Random A and B (peft's default B is zero, which would leave A's gradient zero and untested).
     config = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=DEFAULT_LORA_TARGETS, init_lora_weights=False)
-    model = get_peft_model(_model(alias), config)
+    base = _model(alias)
+    assert use_packed_attention(base)
+    model = get_peft_model(base, config)
     lora = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
     collate = _packing(model, layout, alias)
 
@@ -170,6 +209,7 @@ def test_a_packed_batch_restarts_positions_masks_first_labels_and_pads_at_positi
 def test_control_an_all_ones_attention_mask_lets_samples_attend_to_each_other(alias, shards):
     rows, layout = _rows(shards(alias))
     model = _model(alias)
+    use_packed_attention(model)  # which then takes the whole product: the mask lets every sample see the others
     collate = _packing(model, layout, alias)
 
     def all_ones(packs):
@@ -305,6 +345,7 @@ def test_one_epoch_packed_and_unpacked_give_the_same_token_weighted_loss(alias, 
     assert mean[1] == pytest.approx(mean[0], rel=1e-5)
     assert metrics["packing_length"] == 256 and metrics["packing_packs"] == len(packed)
     assert 0 < metrics["packing_fill_ratio"] <= 1 and metrics["packing_padding_fraction"] == 0.0
+    assert metrics["packing_attention"] == SDPA_PACKED
     assert "packing" in output and "samples each" in output
 
 

@@ -33,6 +33,7 @@ from vlmdata.models.registry import get_family
 from vlmdata.pack_plan import PackOptions, PackPlan, media_token_counts, plan_packs
 from vlmdata.shards import TensorLayout, arrow_row, model_inputs
 from vlmdata.tensor_spec import VIDEO_PIXELS
+from vlmdata.train.packed_attention import SDPA_PACKED
 
 # Families whose every layer sees only the restarted positions and the block-diagonal mask they make.
 PLAIN = ("gemma3n", "gemma4", "llava", "pixtral", "mistral3", "llama4", "internvl", "llava_onevision", "smolvlm")
@@ -149,7 +150,7 @@ class LayerTypeMasks:
     def for_model(cls, model: torch.nn.Module) -> "LayerTypeMasks":
         config = model.config.get_text_config()
         implementation = getattr(config, "_attn_implementation", "sdpa")
-        if implementation not in ("sdpa", "eager", "flex_attention"):
+        if implementation not in ("sdpa", SDPA_PACKED, "eager", "flex_attention"):
             raise FatalError(f"Gemma 3 packs with sdpa, eager or flex attention, whose masks can hold each image's "
                              f"two-way block; {implementation} cannot: pass --attn-implementation sdpa.")
         return cls(config.sliding_window, model.dtype if implementation == "eager" else None)
