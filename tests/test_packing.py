@@ -104,7 +104,7 @@ def _worst_difference(model, layout, rows, packs, collate) -> float:
 
 
 # One pack of every row, and two packs of different lengths in one batch (the shorter padded).
-# sdpa_packed (what training uses with sdpa) takes each sample's block of the mask that sdpa takes whole.
+# sdpa_packed (--attn-implementation sdpa_packed) takes each sample's block of the mask that sdpa takes whole.
 @pytest.mark.parametrize("attention", ["sdpa", SDPA_PACKED])
 @pytest.mark.parametrize("packs", [[[0, 1, 2]], [[2, 0], [1]]], ids=["one-pack", "two-packs"])
 @pytest.mark.parametrize("alias", PACKED)
@@ -147,6 +147,9 @@ def test_sdpa_packed_runs_sdpa_on_each_samples_block_alone(shards, monkeypatch):
     # A mask that lets samples see each other is taken whole (the negative control below shows the leak).
     batch["attention_mask"] = torch.ones_like(batch["input_ids"])
     assert _attention_lengths(model, batch, monkeypatch) == [batch["input_ids"].shape[1]] * layers
+    # Only a language model that attends with sdpa takes it; the vision side keeps its own.
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    assert not use_packed_attention(_model("qwen2_vl", attn_implementation="eager"))
 
 
 def test_gemma3_with_eager_attention_takes_additive_masks_and_stays_exact(shards):
@@ -322,8 +325,8 @@ def test_families_that_cannot_pack_exactly_are_refused_in_one_sentence(alias, sh
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("alias", ["gemma3", "qwen2_vl"])
-def test_one_epoch_packed_and_unpacked_give_the_same_token_weighted_loss(alias, shards, tmp_path):
+@pytest.mark.parametrize("alias, attention", [("gemma3", "sdpa"), ("qwen2_vl", "sdpa"), ("qwen2_vl", SDPA_PACKED)])
+def test_one_epoch_packed_and_unpacked_give_the_same_token_weighted_loss(alias, attention, shards, tmp_path):
     def epoch(*extra):
         out = tmp_path / ("packed" if extra else "unpacked")
         result = CliRunner().invoke(cli, ["train", str(shards(alias)), "-o", str(out), "--learning-rate", "0",
@@ -334,7 +337,7 @@ def test_one_epoch_packed_and_unpacked_give_the_same_token_weighted_loss(alias, 
         return records, json.loads((out / "metrics.json").read_text()), result.output
 
     unpacked, _, _ = epoch()
-    packed, metrics, output = epoch("--packing", "--pack-length", "256")
+    packed, metrics, output = epoch("--packing", "--pack-length", "256", "--attn-implementation", attention)
     trained = [sum(record["trained_tokens"] for record in records) for records in (unpacked, packed)]
     mean = [sum(record["loss"] * record["trained_tokens"] for record in records) / total
             for records, total in zip((unpacked, packed), trained)]
@@ -345,7 +348,7 @@ def test_one_epoch_packed_and_unpacked_give_the_same_token_weighted_loss(alias, 
     assert mean[1] == pytest.approx(mean[0], rel=1e-5)
     assert metrics["packing_length"] == 256 and metrics["packing_packs"] == len(packed)
     assert 0 < metrics["packing_fill_ratio"] <= 1 and metrics["packing_padding_fraction"] == 0.0
-    assert metrics["packing_attention"] == SDPA_PACKED
+    assert metrics["packing_attention"] == attention
     assert "packing" in output and "samples each" in output
 
 

@@ -98,20 +98,28 @@ def load_model(checkpoint: str, *, dtype: torch.dtype, quantization: str | None 
         dtype: the dtype of the weights (float32 on CPU, bfloat16 on a GPU that supports it).
         quantization: None, "4bit" or "8bit" (bitsandbytes, CUDA only).
         attention: the attention implementation ("sdpa", "eager", "flash_attention_2", ...); None: transformers'
-            choice (sdpa where the model supports it).
+            choice (sdpa where the model supports it). "sdpa_packed" loads with that choice, then gives the
+            language model `vlmdata.train.packed_attention` in place of sdpa.
     """
     from transformers import AutoModelForImageTextToText
 
-    kwargs = {"dtype": dtype, **({"attn_implementation": attention} if attention else {})}
+    from vlmdata.train.packed_attention import SDPA_PACKED, use_packed_attention
+
+    packed = attention == SDPA_PACKED
+    kwargs = {"dtype": dtype, **({"attn_implementation": attention} if attention and not packed else {})}
     if quantization:
         kwargs["quantization_config"] = _quantization_config(quantization, dtype)
     try:
-        return AutoModelForImageTextToText.from_pretrained(checkpoint, **kwargs)
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint, **kwargs)
     except OSError as error:
         raise FatalError(
             f"Cannot load the model {checkpoint!r}: {str(error).splitlines()[0]} "
             "(check the path, or log in with `hf auth login` and accept the model's licence for gated models)."
         ) from None
+    if packed and not use_packed_attention(model):
+        raise FatalError(f"--attn-implementation {SDPA_PACKED} needs a language model that attends with sdpa, "
+                         f"and {checkpoint!r} does not: pass --attn-implementation eager.")
+    return model
 
 
 def _quantization_config(quantization: str, dtype: torch.dtype):

@@ -3,4 +3,4 @@
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 # "all" is every integration transformers finds installed (wandb, mlflow, ...).
 REPORTERS = ("none", "tensorboard", "all")
-ATTENTION = ("sdpa", "eager", "flash_attention_2", "flex_attention")
+ATTENTION = ("sdpa", "sdpa_packed", "eager", "flash_attention_2", "flex_attention")

@@ -33,7 +33,6 @@ from vlmdata.train.collator import PixelDecoding, ShardCollator
 from vlmdata.train.data import ArrowRows, Shards, open_shards, split_eval
 from vlmdata.train.model import (AdapterOptions, count_parameters, known_notices_silenced, load_model, prepare,
                                  require_dependencies)
-from vlmdata.train.packed_attention import use_packed_attention
 from vlmdata.train.packing import PackedRows, check_packable, packing_collator, plan_rows
 from vlmdata.train.trainer import CountingTrainer, StepTokens
 from vlmdata.train.options import REPORTERS, SCHEDULERS
@@ -156,7 +155,6 @@ def train(
         train_dataset = PackedRows(train_dataset, plan.packs)
         if eval_rows is not None:
             eval_dataset = PackedRows(eval_dataset, plan_rows(eval_rows, pack_options, options.seed, processor, family).packs)
-        use_packed_attention(base)
         collator = packing_collator(shards.layout, _pad_token_id(processor), base, family, seen_ids)
 
     step_tokens = StepTokens()
