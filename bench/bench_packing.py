@@ -131,7 +131,7 @@ def bench_attention(family: str, shards: Path, multiple: int, packs: int, repeat
     per_pack = np.mean([len(pack) for pack in chosen])
     return Figure(f"packing.{family}.attention", f"packed step time, sdpa_packed vs sdpa over the pack, {family} "
                   f"(tiny model, CPU, 1 thread)", f"{packed:.2f} s", f"sdpa: {whole:.2f} s", whole / packed,
-                  f"{whole / packed:.2f}x faster", "", None,
+                  f"{whole / packed:.2f}x", "", None,
                   f"forward and backward over {len(chosen)} packs of {per_pack:.1f} samples "
                   f"({int(lengths.max()) * multiple} tokens each at most); median of {repeats} rounds after a warm-up")
 
