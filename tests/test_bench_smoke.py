@@ -159,3 +159,12 @@ def test_gpu_training_script_runs_at_tiny_width_on_the_cpu(tmp_path):
     runs = json.loads((tmp_path / "gpu.json").read_text())["runs"]
     assert [run["side"] for run in runs] == ["unpacked", "packed"]
     assert all(run["trained_tokens"] > 0 and 0 < run["data_wait"] for run in runs)
+
+
+def test_bench_ray(tmp_path):
+    from bench import bench_ray
+
+    assert bench_ray.main(["--rows", "4,8", "--repeats", "1", "--json", str(tmp_path / "ray.json")]) == 0
+    figures, details = read(tmp_path / "ray.json")
+    assert [figure["key"] for figure in figures] == ["ray.convert.steady", "ray.startup"]
+    assert details["ray_init_s"] > 0 and len(details["actor_startup_s"]) == 2

@@ -102,8 +102,8 @@ def overwrite_case(tmp_path_factory):
 
 
 KILL_POINTS = {
-    "opening the first shard": ("open", "shard-00000.arrow"),
-    "naming the shards": ("os.rename", "shard-00000.arrow"),
+    "opening the first shard": ("open", "shard-00000-000.arrow"),
+    "naming the shards": ("os.rename", "shard-00000-000.arrow"),
     "writing state.json": ("open", "state.json"),
     "moving the old output aside": ("os.rename", "out.previous"),
     "moving the new output in": ("os.rename", "out.partial"),
@@ -184,7 +184,7 @@ def test_a_run_killed_while_writing_shards_leaves_a_partial_folder_that_a_rerun_
     out, partial = tmp_path / "out", tmp_path / "out.partial"
     command = ["convert", source, "-o", out, "--quiet", "--num-proc", "2"]
     run = subprocess.Popen([VLMDATA, *map(str, command)], cwd=tmp_path, stderr=subprocess.DEVNULL)
-    shard = partial / "shard-00000.arrow"
+    shard = partial / "shard-00000-000.arrow"
     wait_for(lambda: shard.exists() and shard.stat().st_size > 0)
     workers = children_of(run.pid)
 
@@ -230,7 +230,7 @@ def test_tokenize_killed_mid_run_and_mid_replace_loses_nothing(tmp_path):
     shutil.copytree(data, out)  # a complete older output, to be replaced
     command = ["tokenize", data, "-o", out, "--model", model, "--quiet", "--overwrite"]
 
-    killed = run_killed_at("open", "shard-00000.arrow", *command, cwd=tmp_path / "work")
+    killed = run_killed_at("open", "shard-00000-000.arrow", *command, cwd=tmp_path / "work")
     assert killed.returncode == KILLED, killed.stderr
     assert content(out) == content(data)
     with pytest.raises(FileNotFoundError):
@@ -251,7 +251,7 @@ def test_sigterm_with_two_workers_cleans_up_and_leaks_nothing(slow_source, tmp_p
     out, partial = tmp_path / "out", tmp_path / "out.partial"
     command = ["convert", source, "-o", out, "--quiet", "--num-proc", "2"]
     run = subprocess.Popen([VLMDATA, *map(str, command)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    shard = partial / "shard-00000.arrow"
+    shard = partial / "shard-00000-000.arrow"
     wait_for(lambda: shard.exists() and shard.stat().st_size > 0)
     workers = children_of(run.pid)
 

@@ -32,19 +32,25 @@ def test_results_come_back_in_input_order_for_any_number_of_workers():
     assert list(map_in_order(square, batched(range(50), 4), 2)) == expected
 
 
-def torch_threads(batch: list[int]) -> int:
+def torch_threads(batch: list[int]):
+    import pyarrow as pa
     import torch
 
-    return torch.get_num_threads()
+    from vlmdata.stage import BatchResult, Tally
+
+    return BatchResult(pa.table({}), [], Tally(rows_read=torch.get_num_threads()))
 
 
-def test_each_local_worker_gets_its_share_of_the_cores():
+def test_each_local_worker_gets_its_share_of_the_cores(tmp_path):
     from vlmdata.executors import LocalExecutor
+    from vlmdata.stage import work_units
 
     executor = LocalExecutor(2)
     share = executor.threads_per_process()
     assert share == max(1, len(os.sched_getaffinity(0)) // 2)
-    assert set(executor.map(torch_threads, batched(range(8), 2))) == {share}
+    results = list(executor.map(torch_threads, work_units(batched(range(8), 2), 3), tmp_path))
+    assert {result.tally.rows_read for result in results} == {share}
+    assert [result.ends_unit for result in results] == [False, False, True, True]
 
 
 def test_a_worker_killed_from_outside_ends_the_run_with_a_clear_error():

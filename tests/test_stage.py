@@ -59,6 +59,9 @@ class UpperStage(Stage[StageSummary]):
     def summary(self, out_dir: str) -> StageSummary:
         return StageSummary(out_dir)
 
+    def settings(self):
+        return {"suffix": "!"}
+
     def metadata(self, summary, executor):
         return {"arguments": executor.describe()}
 

@@ -29,6 +29,7 @@ from datasets.arrow_writer import ArrowWriter
 
 from vlmdata.errors import FatalError
 from vlmdata.folders import PARTIAL_SUFFIX, PREVIOUS_SUFFIX, STATE_FILE
+from vlmdata.shard_files import DEFAULT_MAX_SHARD_BYTES, ShardFiles
 
 try:
     import fcntl
@@ -37,7 +38,9 @@ except ImportError:  # Windows: two runs writing the same folder at once are not
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
+# In `.units/`: the job a partial folder belongs to (see `Stage.job_key`).
+JOB_FILE = "job"
+INFO_FILE = "dataset_info.json"
 
 
 class ArrowFolderWriter:
@@ -62,18 +65,19 @@ class ArrowFolderWriter:
         *,
         overwrite: bool = False,
         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+        job: str | None = None,
     ):
         self.out_dir = Path(out_dir)
         self.features = features
         self.overwrite = overwrite
         self.max_shard_bytes = max_shard_bytes
+        self.job = job
         self.partial_dir = self.out_dir.with_name(self.out_dir.name + PARTIAL_SUFFIX)
         self.previous_dir = self.out_dir.with_name(self.out_dir.name + PREVIOUS_SUFFIX)
         self.num_rows = 0
         self.num_bytes = 0
         self._shard_paths: list[Path] = []
-        self._writer: ArrowWriter | None = None
-        self._shard_bytes = 0
+        self._shards: ShardFiles | None = None
         self._lock: int | None = None
 
     def __enter__(self) -> "ArrowFolderWriter":
@@ -88,7 +92,7 @@ class ArrowFolderWriter:
             if exc_type is None:
                 self.commit()
                 return
-            self._close_shard()
+            self.end_shard()
             shutil.rmtree(self.partial_dir, ignore_errors=True)
         except OSError as error:
             exc = exc or error
@@ -103,6 +107,10 @@ class ArrowFolderWriter:
             raise FatalError(f"{self.out_dir} exists and is not a folder.")
         if self.out_dir.exists() and any(self.out_dir.iterdir()) and not self.overwrite:
             raise FatalError(f"{self.out_dir} already exists and is not empty; pass --overwrite to replace it.")
+        if self.partial_dir.exists() and self._resumable():
+            log.warning("taking up %s, left unfinished by an interrupted run of the same job", self.partial_dir)
+            self._lock = _try_lock(self.partial_dir)
+            return
         if self.partial_dir.exists():
             self._remove_abandoned_partial()
         self.partial_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +119,26 @@ class ArrowFolderWriter:
         except FileExistsError:
             raise FatalError(f"{self.partial_dir} was just created by another run writing the same output.") from None
         self._lock = _try_lock(self.partial_dir)
+        if self.job is not None:
+            self.units_dir.mkdir()
+            (self.units_dir / JOB_FILE).write_text(self.job, encoding="utf-8")
+
+    def _resumable(self) -> bool:
+        """Whether the partial folder is one a killed run of this same job left, whose finished work units a
+        rerun keeps (engines whose workers write units themselves)."""
+        if self.job is None:
+            return False
+        try:
+            left = (self.units_dir / JOB_FILE).read_text(encoding="utf-8")
+        except OSError:
+            return False
+        lock = _try_lock(self.partial_dir)
+        _unlock(lock)
+        if lock == _BUSY:
+            raise FatalError(
+                f"{self.partial_dir} is being written by another run; wait for it to finish, or stop it first."
+            )
+        return left == self.job
 
     def _remove_abandoned_partial(self) -> None:
         lock = _try_lock(self.partial_dir)
@@ -123,6 +151,11 @@ class ArrowFolderWriter:
             shutil.rmtree(self.partial_dir)
         finally:
             _unlock(lock)
+
+    @property
+    def units_dir(self) -> Path:
+        """Where workers that write their own work units put the units' files, until commit names them."""
+        return self.partial_dir / ".units"
 
     @property
     def scratch_dir(self) -> Path:
@@ -139,18 +172,23 @@ class ArrowFolderWriter:
 
     def write_table(self, table: pa.Table) -> None:
         """Appends rows already in the features' Arrow storage form to the current shard."""
-        if table.num_rows == 0:
-            return
-        if self._writer is None:
-            path = self.partial_dir / f"shard-{len(self._shard_paths):05d}.arrow"
-            self._shard_paths.append(path)
-            self._writer = ArrowWriter(features=self.features, path=str(path))
-            self._shard_bytes = 0
-        self._writer.write_table(table)
+        if self._shards is None:
+            self._shards = ShardFiles(str(self.partial_dir), f"shard-{len(self._shard_paths):05d}", self.features,
+                                      self.max_shard_bytes)
+        self._shards.write_table(table)
         self.num_rows += table.num_rows
-        self._shard_bytes += table.nbytes
-        if self._shard_bytes >= self.max_shard_bytes:
-            self._close_shard()
+
+    def end_shard(self) -> None:
+        """Closes the current shard: the next rows start a new file (a work unit's rows are a file of their own)."""
+        if self._shards is not None:
+            self._shard_paths += [Path(path) for path in self._shards.close()]
+            self._shards = None
+
+    def adopt(self, paths: list[Path], num_rows: int) -> None:
+        """Takes shard files a worker wrote inside the partial folder as the next shards, in this order."""
+        self.end_shard()
+        self._shard_paths += [Path(path) for path in paths]
+        self.num_rows += num_rows
 
     def add_file(self, name: str, text: str) -> None:
         """Writes a small text file (metadata, rejects) into the output folder, atomically with the rest."""
@@ -162,7 +200,7 @@ class ArrowFolderWriter:
 
     def finish_shards(self) -> int:
         """Closes the last shard; returns the bytes the shards take on disk (no more rows may be written)."""
-        self._close_shard()
+        self.end_shard()
         self.num_bytes = sum(path.stat().st_size for path in self._shard_paths)
         return self.num_bytes
 
@@ -174,26 +212,18 @@ class ArrowFolderWriter:
         """
         self.finish_shards()
         if not self._shard_paths:  # an empty dataset still needs one (empty) shard to load
-            ArrowWriter(features=self.features, path=str(self.partial_dir / "shard-00000.arrow")).finalize()
-            self._shard_paths.append(self.partial_dir / "shard-00000.arrow")
+            ArrowWriter(features=self.features, path=str(self.partial_dir / "shard-00000-000.arrow")).finalize()
+            self._shard_paths.append(self.partial_dir / "shard-00000-000.arrow")
         count = len(self._shard_paths)
         names = [f"data-{i:05d}-of-{count:05d}.arrow" for i in range(count)]
         for path, name in zip(self._shard_paths, names):
             path.rename(self.partial_dir / name)
         shutil.rmtree(self.partial_dir / ".scratch", ignore_errors=True)
+        shutil.rmtree(self.units_dir, ignore_errors=True)
 
-        state = {
-            "_data_files": [{"filename": name} for name in names],
-            "_fingerprint": None,
-            "_format_columns": None,
-            "_format_kwargs": {},
-            "_format_type": None,
-            "_output_all_columns": False,
-            "_split": None,
-        }
-        info = asdict(datasets.DatasetInfo(features=self.features))
-        self.add_file(STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
-        self.add_file("dataset_info.json", json.dumps({k: info[k] for k in sorted(info)}, indent=2))
+        info, state = loading_files(self.features, names)
+        self.add_file(INFO_FILE, info)
+        self.add_file(STATE_FILE, state)
         _sync_tree(self.partial_dir)
         self._move_into_place()
 
@@ -206,11 +236,20 @@ class ArrowFolderWriter:
         _sync_folder(self.out_dir.parent)
         shutil.rmtree(self.previous_dir, ignore_errors=True)
 
-    def _close_shard(self) -> None:
-        if self._writer is not None:
-            self._writer.finalize()
-            self._writer.close()
-            self._writer = None
+
+def loading_files(features: datasets.Features, shard_names: list[str]) -> tuple[str, str]:
+    """The texts of `dataset_info.json` and `state.json`, the files `load_from_disk` reads, for these shards."""
+    state = {
+        "_data_files": [{"filename": name} for name in shard_names],
+        "_fingerprint": None,
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": None,
+    }
+    info = asdict(datasets.DatasetInfo(features=features))
+    return json.dumps({k: info[k] for k in sorted(info)}, indent=2), json.dumps(state, indent=2, sort_keys=True)
 
 
 def restore_interrupted_overwrite(out_dir: Path) -> None:

@@ -9,6 +9,7 @@ import click
 
 import vlmdata
 from vlmdata.errors import FatalError
+from vlmdata.executors import ENGINES
 from vlmdata.labels import TRAIN_ON, TRUNCATE
 from vlmdata.media.options import RESIZE_ALGORITHMS, RESIZE_MODES
 from vlmdata.recipe import command_options, load_recipe, run_recipe
@@ -63,7 +64,17 @@ def stage_options(defaults: dict):
     def decorate(command):
         for option in reversed((
             click.option("--num-proc", default=defaults["num_proc"], type=click.IntRange(min=1),
-                         help="Worker processes; the output is the same for any value."),
+                         help="Worker processes (--engine local); the output is the same for any value."),
+            click.option("--engine", default=defaults["engine"], type=click.Choice(ENGINES),
+                         help="Where the work runs: this machine, or a Ray cluster (pip install 'vlmdata[ray]'); "
+                         "the output is the same bytes with either."),
+            click.option("--ray-address", default=defaults["ray_address"], metavar="ADDR",
+                         help="--engine ray: the cluster to join (auto: the one this machine belongs to; HOST:PORT) "
+                         "[default: start a Ray of this machine for the run]."),
+            click.option("--num-workers", default=defaults["num_workers"], type=click.IntRange(min=1),
+                         help="--engine ray: actors [default: one per CPU of the cluster]."),
+            click.option("--rows-per-unit", default=defaults["rows_per_unit"], type=click.IntRange(min=16),
+                         help="Rows of a work unit, which is one shard file (a multiple of 16)."),
             click.option("--strict", is_flag=True, help="Stop at the first bad row instead of recording it in rejects.jsonl."),
             click.option("--overwrite", is_flag=True, help="Replace the output folder if it exists."),
             click.option("--quiet", is_flag=True, help="No progress bar."),

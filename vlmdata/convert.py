@@ -15,7 +15,7 @@ from typing import Any
 import datasets
 
 from vlmdata.errors import RowError
-from vlmdata.executors import Executor, LocalExecutor
+from vlmdata.executors import Executor, make_executor
 from vlmdata.media import MediaLoader, MediaOptions
 from vlmdata.modalities import MediaError, load_media, media_counts
 from vlmdata.parallel import batched
@@ -23,7 +23,7 @@ from vlmdata.readers import ReaderOptions, open_sources
 from vlmdata.rows import RawRow, Reject, storable_text
 from vlmdata.schema import NORMALISED_FEATURES, normalise
 from vlmdata.stage import (
-    ROWS_PER_BATCH, BatchWorker, RowProgress, Stage, StageSummary, WrittenRow, check_num_proc, guarded, run_stage,
+    ROWS_PER_BATCH, ROWS_PER_UNIT, BatchWorker, RowProgress, Stage, StageSummary, WrittenRow, guarded, run_stage,
 )
 from vlmdata.versions import library_versions
 
@@ -40,6 +40,10 @@ def convert(
     reader_options: ReaderOptions | None = None,
     media_options: MediaOptions | None = None,
     num_proc: int = 1,
+    engine: str = "local",
+    ray_address: str | None = None,
+    num_workers: int | None = None,
+    rows_per_unit: int = ROWS_PER_UNIT,
     strict: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -53,6 +57,11 @@ def convert(
         reader_options: split, messages field, media root.
         media_options: resizing, audio rate, download limits.
         num_proc: worker processes for normalisation and media loading; the output is the same for any value.
+        engine: "local" (this machine, `num_proc` processes) or "ray" (the actors of a Ray cluster); the output
+            is the same bytes with either.
+        ray_address: with "ray", the cluster to join ("auto", "HOST:PORT"); None starts a Ray for the run.
+        num_workers: with "ray", the actors [default: one per CPU of the cluster].
+        rows_per_unit: rows of a work unit, the rows of one shard file (a multiple of 16).
         strict: stop at the first bad row (raising FatalError) instead of recording it and going on.
         overwrite: replace `out_dir` if it exists.
         progress: show a progress bar.
@@ -65,9 +74,10 @@ def convert(
         >>> datasets.load_from_disk("out/jsonl")[0]["messages"][0]["role"]  # doctest: +SKIP
         'system'
     """
-    check_num_proc(num_proc)
+    executor = make_executor(engine, num_proc, ray_address, num_workers)
     stage = ConvertStage(sources, format, reader_options or ReaderOptions(), media_options or MediaOptions())
-    return run_stage(stage, out_dir, LocalExecutor(num_proc), strict=strict, overwrite=overwrite, progress=progress)
+    return run_stage(stage, out_dir, executor, strict=strict, overwrite=overwrite, progress=progress,
+                     rows_per_unit=rows_per_unit)
 
 
 class ConvertStage(Stage[ConvertSummary]):
@@ -95,16 +105,17 @@ class ConvertStage(Stage[ConvertSummary]):
     def summary(self, out_dir: str) -> ConvertSummary:
         return ConvertSummary(out_dir)
 
-    def metadata(self, summary: ConvertSummary, executor: Executor) -> dict[str, Any]:
-        versions = library_versions("datasets", "PIL", "pyarrow", "numpy", "soundfile", "soxr")
-        arguments = {
+    def settings(self) -> dict[str, Any]:
+        return {
             "sources": [str(s) for s in self.sources],
             "format": self.format,
             "reader": asdict(self.reader_options),
             "media": {k: v for k, v in asdict(self.media_options).items() if k != "cache_dir"},
-            **executor.describe(),
         }
-        return {"versions": versions, "arguments": arguments}
+
+    def metadata(self, summary: ConvertSummary, executor: Executor) -> dict[str, Any]:
+        versions = library_versions("datasets", "PIL", "pyarrow", "numpy", "soundfile", "soxr")
+        return {"versions": versions, "arguments": {**self.settings(), **executor.describe()}}
 
 
 @dataclass(frozen=True)

@@ -1,29 +1,42 @@
 """Where a stage's batches run: the executor seam (docs/architecture.md, "Executors").
 
-`run_stage` hands an executor a picklable batch worker and the stage's input batches; the executor returns the
-worker's results in input order, so the output never depends on how or where the batches ran.
-`LocalExecutor` runs them in this process or in a pool of local processes. An engine that runs them elsewhere
-(a Ray cluster) is one more class with the same `map`, whose remote workers may write their shard files
-themselves and return the results that describe them.
+`run_stage` hands an executor a picklable batch worker and the stage's work units (consecutive batches); the
+executor returns the worker's results in input order, so the output never depends on how or where the batches
+ran. `LocalExecutor` runs the batches in this process or in a pool of local processes and returns their tables
+for this process to write. `vlmdata.ray_engine.RayExecutor` runs whole units on a Ray cluster, whose workers
+write each unit's shard files themselves and return the `WrittenUnit`s that describe them.
 """
 
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
+from vlmdata.errors import FatalError
+from vlmdata.optional import require
 from vlmdata.parallel import map_in_order
 
-Batch = TypeVar("Batch")
-Result = TypeVar("Result")
+if TYPE_CHECKING:
+    from vlmdata.stage import BatchResult, WorkUnit, WrittenUnit
+
+# A work unit is this many consecutive rows, and its written rows are one shard file (more if it passes the
+# shard size): set before the run, so that the files are the same whichever engine ran the units and however
+# many workers.
+ROWS_PER_UNIT = 256
 
 
 class Executor(Protocol):
-    """Runs `worker` on every batch and yields the results in the order of `batches`."""
+    """Runs `worker` on every batch of every unit; yields, in input order, a `BatchResult` per batch (the last of
+    a unit marked `ends_unit`) or a `WrittenUnit` per unit whose files a worker wrote into `units_dir`."""
 
-    def map(self, worker: Callable[[Batch], Result], batches: Iterable[Batch]) -> Iterator[Result]: ...
+    # Whether a rerun after a killed run keeps the units already written (see ArrowFolderWriter's `job`).
+    resumes: bool
+
+    def map(self, worker: Callable, units: Iterable[WorkUnit], units_dir: Path) -> Iterator[BatchResult | WrittenUnit]: ...
 
     def describe(self) -> dict: ...
 
@@ -37,9 +50,20 @@ class LocalExecutor:
     """
 
     num_proc: int = 1
+    resumes = False
 
-    def map(self, worker: Callable[[Batch], Result], batches: Iterable[Batch]) -> Iterator[Result]:
-        return map_in_order(worker, batches, self.num_proc, threads_per_process=self.threads_per_process())
+    def map(self, worker: Callable[[list], BatchResult], units: Iterable[WorkUnit], units_dir: Path) -> Iterator[BatchResult]:
+        ends: deque[bool] = deque()
+
+        def batches() -> Iterator[list]:
+            for unit in units:
+                for number, batch in enumerate(unit.batches):
+                    ends.append(number == len(unit.batches) - 1)
+                    yield batch
+
+        for result in map_in_order(worker, batches(), self.num_proc, threads_per_process=self.threads_per_process()):
+            result.ends_unit = ends.popleft()
+            yield result
 
     def threads_per_process(self) -> int | None:
         if self.num_proc <= 1:
@@ -59,3 +83,27 @@ def openmp_threads_wait_passively() -> None:
     it. A value the user set is kept.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+ENGINES = ("local", "ray")
+
+
+def make_executor(engine: str = "local", num_proc: int = 1, ray_address: str | None = None,
+                  num_workers: int | None = None) -> Executor:
+    """The executor of `--engine`, refusing the options of the other engine."""
+    if engine not in ENGINES:
+        raise FatalError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}.")
+    if num_proc < 1:
+        raise FatalError(f"--num-proc must be at least 1, got {num_proc}.")
+    if engine == "local":
+        if ray_address is not None or num_workers is not None:
+            raise FatalError("--ray-address and --num-workers are options of --engine ray.")
+        return LocalExecutor(num_proc)
+    if num_proc != 1:
+        raise FatalError("--num-proc is an option of --engine local; with --engine ray, --num-workers sets the workers.")
+    if num_workers is not None and num_workers < 1:
+        raise FatalError(f"--num-workers must be at least 1, got {num_workers}.")
+    require("ray", "ray", "--engine ray")  # before any work, rather than once the output folder is made
+    from vlmdata.ray_engine import RayExecutor
+
+    return RayExecutor(ray_address, num_workers)

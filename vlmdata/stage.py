@@ -13,11 +13,12 @@ Example:
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -29,11 +30,12 @@ from tqdm import tqdm
 from vlmdata.accounting import RejectLog
 from vlmdata.arrow_folder import ArrowFolderWriter
 from vlmdata.errors import FatalError, RowError, unexpected
-from vlmdata.executors import Executor
+from vlmdata.executors import ROWS_PER_UNIT, Executor
 from vlmdata.folders import METADATA_FILE, REJECTS_FILE
 from vlmdata.modalities import MODALITIES
-from vlmdata.parallel import InBackground
+from vlmdata.parallel import InBackground, batched
 from vlmdata.rows import Reject
+from vlmdata.url_folder import UrlFolderWriter, is_url, local_path
 
 ROWS_PER_BATCH = 16
 
@@ -78,11 +80,47 @@ class Tally:
 
 @dataclass
 class BatchResult:
-    """A batch's written rows as one Arrow table in the stage's features, its rejects in input order, its tally."""
+    """A batch's written rows as one Arrow table in the stage's features, its rejects in input order, its tally.
+
+    `ends_unit` is set by the executor on the last batch of a work unit, where the writer ends the shard.
+    """
 
     table: pa.Table
     rejects: list[Reject]
     tally: Tally
+    ends_unit: bool = False
+
+
+@dataclass
+class WorkUnit:
+    """Consecutive batches of a stage's input, numbered from 0: what a remote worker turns into shard files."""
+
+    index: int
+    batches: list[list]
+    first_row: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(len(batch) for batch in self.batches)
+
+
+@dataclass
+class WrittenUnit:
+    """A work unit a worker wrote itself: its shard files (inside the partial folder), its rejects, its tally."""
+
+    index: int
+    paths: list[str]
+    rejects: list[Reject]
+    tally: Tally
+
+
+def work_units(batches: Iterable[list], batches_per_unit: int) -> Iterator[WorkUnit]:
+    """The stage's batches grouped into work units, in input order."""
+    first_row = 0
+    for index, group in enumerate(batched(batches, batches_per_unit)):
+        unit = WorkUnit(index, group, first_row)
+        first_row += unit.rows
+        yield unit
 
 
 class RowProgress:
@@ -190,6 +228,7 @@ class StageSummary:
     rejects_by_reason: Counter = field(default_factory=Counter)
     output_bytes: int = 0
     elapsed_s: float = 0.0
+    engine: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows_rejected(self) -> int:
@@ -244,6 +283,17 @@ class Stage(ABC, Generic[Summary]):
     def before_commit(self, writer: ArrowFolderWriter) -> None:
         """Adds the stage's own files to the output before it is committed (the processor of tokenize)."""
 
+    @abstractmethod
+    def settings(self) -> dict[str, Any]:
+        """The arguments that decide the output (not how or where it runs), in JSON form."""
+
+    def job_key(self, rows_per_unit: int) -> str:
+        """A digest of the stage, its settings and its units: a folder left by a killed run is taken up again
+        only by the same job."""
+        settings = json.dumps({"stage": self.name, "rows_per_unit": rows_per_unit, **self.settings()},
+                              sort_keys=True, default=str)
+        return hashlib.sha256(settings.encode("utf-8")).hexdigest()
+
 
 def run_stage(
     stage: Stage[Summary],
@@ -253,31 +303,46 @@ def run_stage(
     strict: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    rows_per_unit: int = ROWS_PER_UNIT,
 ) -> Summary:
     """Runs `stage` with `executor` into `out_dir`, which appears only once complete.
+
+    The input is cut into work units of `rows_per_unit` rows (a multiple of ROWS_PER_BATCH), each written as
+    a shard file of its own.
 
     Raises:
         FatalError: with `strict`, at the first rejected row, naming it; or when the run cannot go on.
     """
+    check_rows_per_unit(rows_per_unit)
     started = time.monotonic()
     summary = stage.summary(str(out_dir))
-    tally = Tally()
-    with ArrowFolderWriter(out_dir, stage.features(), overwrite=overwrite) as writer:
+    tally, units = Tally(), 0
+    job = stage.job_key(rows_per_unit) if executor.resumes else None
+    out_dir = local_path(out_dir)
+    folder_writer = UrlFolderWriter if is_url(out_dir) else ArrowFolderWriter
+    with folder_writer(out_dir, stage.features(), overwrite=overwrite, job=job) as writer:
         worker = stage.worker(writer.scratch_dir)
         with RejectLog(writer.path_of(REJECTS_FILE), strict) as rejects, InBackground() as background, tqdm(
             total=stage.total_rows(), desc=stage.name, unit=" rows", disable=not progress, dynamic_ncols=True
         ) as bar:
-            for result in executor.map(worker, stage.batches()):
+            for result in executor.map(worker, work_units(stage.batches(), rows_per_unit // ROWS_PER_BATCH), writer.units_dir):
                 for reject in result.rejects:
                     rejects.add(reject)
                 # Written on a thread of its own, outside the GIL mostly, while the next batch is worked on.
-                background.submit(writer.write_table, result.table)
+                if isinstance(result, WrittenUnit):
+                    background.submit(writer.adopt, result.paths, result.tally.rows_written)
+                else:
+                    background.submit(writer.write_table, result.table)
+                if isinstance(result, WrittenUnit) or result.ends_unit:
+                    background.submit(writer.end_shard)
+                    units += 1
                 tally.add(result.tally)
                 bar.update(result.tally.rows_read)
-                bar.set_postfix(rejected=rejects.count, refresh=False)
+                bar.set_postfix(units=units, rejected=rejects.count, refresh=False)
         summary.take(tally)
         summary.rejects_by_reason = rejects.by_reason
         summary.output_bytes = writer.finish_shards()
+        summary.engine = {**executor.describe(), "units": units}
         summary.elapsed_s = round(time.monotonic() - started, 3)
         stage.before_commit(writer)
         metadata = {"stage": stage.name, **stage.metadata(summary, executor), "summary": summary.to_dict()}
@@ -285,6 +350,6 @@ def run_stage(
     return summary
 
 
-def check_num_proc(num_proc: int) -> None:
-    if num_proc < 1:
-        raise FatalError(f"--num-proc must be at least 1, got {num_proc}.")
+def check_rows_per_unit(rows_per_unit: int) -> None:
+    if rows_per_unit < ROWS_PER_BATCH or rows_per_unit % ROWS_PER_BATCH:
+        raise FatalError(f"--rows-per-unit must be a multiple of {ROWS_PER_BATCH}, got {rows_per_unit}.")

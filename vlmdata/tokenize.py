@@ -26,7 +26,7 @@ from vlmdata.accounting import length_percentiles
 from vlmdata.arrow_folder import ArrowFolderWriter
 from vlmdata.calibration import TokenizePlan, calibrate
 from vlmdata.errors import FatalError, RowError
-from vlmdata.executors import Executor, LocalExecutor
+from vlmdata.executors import Executor, make_executor
 from vlmdata.folders import PROCESSOR_DIR
 from vlmdata.labels import IGNORE_INDEX, TRAIN_ON, TRUNCATE, has_generation_markers, make_labels, text_cut_allowed
 from vlmdata.models.loading import LoadedProcessor, load_processor
@@ -38,7 +38,7 @@ from vlmdata.rows import RawRow, Reject
 from vlmdata.schema import check_assistant_content, undecoded_features
 from vlmdata.shards import TensorLayout, encode_tensors, rows_to_table
 from vlmdata.stage import (
-    ROWS_PER_BATCH, BatchWorker, RowProgress, Stage, StageSummary, Tally, WrittenRow, check_num_proc, guarded,
+    ROWS_PER_BATCH, ROWS_PER_UNIT, BatchWorker, RowProgress, Stage, StageSummary, Tally, WrittenRow, guarded,
     run_stage,
 )
 from vlmdata.versions import library_versions
@@ -102,6 +102,10 @@ def tokenize(
     template_date: str = DEFAULT_TEMPLATE_DATE,
     video_as_images: bool = False,
     num_proc: int = 1,
+    engine: str = "local",
+    ray_address: str | None = None,
+    num_workers: int | None = None,
+    rows_per_unit: int = ROWS_PER_UNIT,
     strict: bool = False,
     overwrite: bool = False,
     progress: bool = True,
@@ -120,6 +124,11 @@ def tokenize(
         video_as_images: for a family that takes images but no video, hand each video as its frames, one image
             part each, instead of rejecting the row; a family that takes videos is given videos all the same.
         num_proc: worker processes; the shards are the same for any value.
+        engine: "local" (this machine, `num_proc` processes) or "ray" (the actors of a Ray cluster); the shards
+            are the same bytes with either.
+        ray_address: with "ray", the cluster to join ("auto", "HOST:PORT"); None starts a Ray for the run.
+        num_workers: with "ray", the actors [default: one per CPU of the cluster].
+        rows_per_unit: rows of a work unit, the rows of one shard file (a multiple of 16).
         strict: stop at the first bad row instead of recording it.
         overwrite: replace `out_dir` if it exists.
         progress: show a progress bar.
@@ -132,7 +141,8 @@ def tokenize(
         >>> summary.rows_written == summary.rows_read - summary.rows_rejected  # doctest: +SKIP
         True
     """
-    _check_arguments(train_on, max_length, truncate, num_proc)
+    _check_arguments(train_on, max_length, truncate)
+    executor = make_executor(engine, num_proc, ray_address, num_workers)
     dataset = _read_dataset(data_dir)
     loaded = load_processor(model)
     template_name = chat_template or loaded.family.template_name
@@ -144,7 +154,8 @@ def tokenize(
         )
     options = TokenizeOptions(loaded.checkpoint, template, train_on, max_length, truncate, template_date, video_as_images)
     stage = TokenizeStage(str(data_dir), dataset, model, loaded, template_name, options, calibrate(loaded, template))
-    return run_stage(stage, out_dir, LocalExecutor(num_proc), strict=strict, overwrite=overwrite, progress=progress)
+    return run_stage(stage, out_dir, executor, strict=strict, overwrite=overwrite, progress=progress,
+                     rows_per_unit=rows_per_unit)
 
 
 class TokenizeStage(Stage[TokenizeSummary]):
@@ -176,19 +187,23 @@ class TokenizeStage(Stage[TokenizeSummary]):
     def before_commit(self, writer: ArrowFolderWriter) -> None:
         _save_processor(self.loaded, self.options.template, writer.path_of(PROCESSOR_DIR))
 
-    def metadata(self, summary: TokenizeSummary, executor: Executor) -> dict[str, Any]:
-        versions = library_versions("datasets", "transformers", "tokenizers", "torch", "PIL", "pyarrow", "numpy")
-        arguments = {
+    def settings(self) -> dict[str, Any]:
+        return {
             "data": self.data_dir,
             "model": self.model,
             "chat_template": self.template_name,
+            "chat_template_sha256": hashlib.sha256(self.options.template.encode("utf-8")).hexdigest(),
             "template_date": self.options.template_date,
             "train_on": self.options.train_on,
             "max_length": self.options.max_length,
             "truncate": self.options.truncate,
             **({"video_as_images": True} if self.options.video_as_images else {}),
-            **executor.describe(),
         }
+
+    def metadata(self, summary: TokenizeSummary, executor: Executor) -> dict[str, Any]:
+        versions = library_versions("datasets", "transformers", "tokenizers", "torch", "PIL", "pyarrow", "numpy")
+        arguments = {name: value for name, value in self.settings().items() if name != "chat_template_sha256"}
+        arguments.update(executor.describe())
         return {
             "model": {"name": self.model, "checkpoint": self.options.checkpoint, "family": summary.family},
             "chat_template": self.template_name,
@@ -289,7 +304,7 @@ def tokenize_row(
     return columns
 
 
-def _check_arguments(train_on, max_length, truncate, num_proc) -> None:
+def _check_arguments(train_on, max_length, truncate) -> None:
     if train_on not in TRAIN_ON:
         raise FatalError(f"--train-on must be one of {', '.join(TRAIN_ON)}, got {train_on!r}.")
     if truncate not in TRUNCATE:
@@ -298,7 +313,6 @@ def _check_arguments(train_on, max_length, truncate, num_proc) -> None:
         raise FatalError(f"--max-length must be at least 1, got {max_length}.")
     if truncate != "none" and max_length is None:
         raise FatalError("--truncate needs --max-length.")
-    check_num_proc(num_proc)
 
 
 def _read_dataset(data_dir: str | Path) -> datasets.Dataset:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlmdata.executors import ENGINES
 from vlmdata.labels import TRAIN_ON, TRUNCATE
 from vlmdata.media.options import RESIZE_ALGORITHMS, RESIZE_MODES
 from vlmdata.models.registry import template_names
@@ -138,6 +139,10 @@ _KEYS = (
     Key("vlmdata.video_as_images", yes_no, ("tokenize.video_as_images",)),
     Key("vlmdata.template_date", text, ("tokenize.template_date",)),
     Key("vlmdata.num_proc", whole_number(minimum=1), ("convert.num_proc", "tokenize.num_proc")),
+    Key("vlmdata.engine", one_of(*ENGINES), ("convert.engine", "tokenize.engine")),
+    Key("vlmdata.ray_address", text, ("convert.ray_address", "tokenize.ray_address")),
+    Key("vlmdata.ray_workers", whole_number(minimum=1), ("convert.num_workers", "tokenize.num_workers")),
+    Key("vlmdata.rows_per_unit", whole_number(minimum=16), ("convert.rows_per_unit", "tokenize.rows_per_unit")),
     Key("vlmdata.strict", yes_no, ("convert.strict", "tokenize.strict")),
     Key("vlmdata.train_vision", yes_no, ("train.train_vision",)),
 )

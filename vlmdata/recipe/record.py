@@ -26,9 +26,10 @@ from vlmdata.folders import METADATA_FILE, PARTIAL_SUFFIX
 
 RECORD_KEY = "recipe"
 TRAIN_PROGRESS = ("loss.jsonl", "checkpoints")
-# The output is the same whatever these are: how many processes, whether a bar is drawn, what to do with an
-# existing folder.
-VOLATILE = frozenset({"overwrite", "quiet", "num_proc", "num_workers", "log_rows", "resume", "resume_from"})
+# The output is the same whatever these are: how many processes where, whether a bar is drawn, what to do with
+# an existing folder.
+VOLATILE = frozenset({"overwrite", "quiet", "num_proc", "engine", "ray_address", "num_workers", "log_rows", "resume",
+                      "resume_from"})
 
 
 def stage_settings(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vlmdata.media.options import MediaOptions, Resize
-from vlmdata.executors import openmp_threads_wait_passively
+from vlmdata.executors import ROWS_PER_UNIT, openmp_threads_wait_passively
 from vlmdata.models.registry import DEFAULT_TEMPLATE_DATE
 from vlmdata.pack_plan import DEFAULT_WINDOW
 from vlmdata.readers import FORMATS
@@ -52,6 +52,10 @@ CONVERT_DEFAULTS: dict[str, Any] = {
     "max_video_frames": _MEDIA.max_video_frames,
     "max_video_seconds": _MEDIA.max_video_seconds,
     "num_proc": 1,
+    "engine": "local",
+    "ray_address": None,
+    "num_workers": None,
+    "rows_per_unit": ROWS_PER_UNIT,
     "strict": False,
     "overwrite": False,
     "quiet": False,
@@ -65,6 +69,10 @@ TOKENIZE_DEFAULTS: dict[str, Any] = {
     "template_date": DEFAULT_TEMPLATE_DATE,
     "video_as_images": False,
     "num_proc": 1,
+    "engine": "local",
+    "ray_address": None,
+    "num_workers": None,
+    "rows_per_unit": ROWS_PER_UNIT,
     "strict": False,
     "overwrite": False,
     "quiet": False,
@@ -163,6 +171,10 @@ def convert_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
         "reader_options": reader_options,
         "media_options": media_options,
         "num_proc": options["num_proc"],
+        "engine": options["engine"],
+        "ray_address": options["ray_address"],
+        "num_workers": options["num_workers"],
+        "rows_per_unit": options["rows_per_unit"],
         "strict": options["strict"],
         "overwrite": options["overwrite"],
         "progress": not options["quiet"],
@@ -182,6 +194,10 @@ def tokenize_arguments(options: Mapping[str, Any]) -> dict[str, Any]:
         "template_date": options["template_date"],
         "video_as_images": options["video_as_images"],
         "num_proc": options["num_proc"],
+        "engine": options["engine"],
+        "ray_address": options["ray_address"],
+        "num_workers": options["num_workers"],
+        "rows_per_unit": options["rows_per_unit"],
         "strict": options["strict"],
         "overwrite": options["overwrite"],
         "progress": not options["quiet"],
@@ -276,6 +292,7 @@ def convert_summary_lines(summary) -> list[str]:
         ("rows rejected", summary.rows_rejected),
         *_media_figures(summary),
         ("shard size", _human_bytes(summary.output_bytes)),
+        *_engine_figures(summary),
     ]
     lines += [f"  {label:<14} {value}" for label, value in figures]
     return lines + _rejects_lines(summary, out)
@@ -297,9 +314,19 @@ def tokenize_summary_lines(summary) -> list[str]:
         *_media_figures(summary),
         ("shard size", _human_bytes(summary.output_bytes)),
         ("bytes per sample", _human_bytes(summary.bytes_per_sample)),
+        *_engine_figures(summary),
     ]
     lines += [f"  {label:<18} {value}" for label, value in figures]
     return lines + _rejects_lines(summary, out)
+
+
+def _engine_figures(summary) -> list[tuple[str, str]]:
+    engine = summary.engine
+    if engine.get("engine") != "ray":
+        return []
+    resumed = f", {engine['units_resumed']} kept from an interrupted run" if engine.get("units_resumed") else ""
+    return [("engine", f"ray, {engine['workers']} workers on {engine['nodes']} nodes, {engine['units']} units{resumed}, "
+                       f"start-up {engine['startup_s']:.1f} s")]
 
 
 def _media_figures(summary) -> list[tuple[str, int]]:

@@ -1,4 +1,5 @@
-"""Finding the token shards to train on: a folder made by `vlmdata tokenize`, or a hub dataset holding one.
+"""Finding the token shards to train on: a folder made by `vlmdata tokenize` (local, or at an fsspec URL such
+as `s3://`), or a hub dataset holding one.
 
 Training needs three things from the shards: the rows, their tensor layout, and the processor they were made
 with (for the pad token and to save beside the trained weights). A tokenize folder holds all three; shards
@@ -8,18 +9,24 @@ pushed to the hub hold them as files of the dataset repository (`vlmdata.json`, 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
+import fsspec
 import numpy as np
 import torch
 
 from vlmdata.folders import METADATA_FILE, PARTIAL_SUFFIX, PROCESSOR_DIR, REJECTS_FILE, STATE_FILE
 from vlmdata.errors import FatalError
+from vlmdata.shard_files import join
 from vlmdata.shards import TensorLayout, numpy_rows
+from vlmdata.url_folder import is_url
 
 
 @dataclass
@@ -45,14 +52,16 @@ class Shards:
 
 
 def open_shards(source: str) -> Shards:
-    """Opens token shards from a local folder or a hub dataset id.
+    """Opens token shards from a local folder, an fsspec URL (copied once into a local cache) or a hub dataset id.
 
     Raises:
         FatalError: the source is not token shards, is half-written or damaged, holds no rows, or cannot be
             reached; the message names the folder and what to do.
     """
     folder = Path(source)
-    if not folder.exists():
+    if is_url(source):
+        folder = fetch_url(source)
+    elif not folder.exists():
         folder = _download(source)
     _check_finished(folder, source)
     metadata = _read_metadata(folder, source)
@@ -136,6 +145,33 @@ def _load_rows(folder: Path, source: str) -> datasets.Dataset:
 
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+
+
+def fetch_url(url: str) -> Path:
+    """The shards at an fsspec URL, copied into `~/.cache/vlmdata/shards` once: training reads each row many
+    times, and the data loader wants memory-mapped local files."""
+    fs, root = fsspec.core.url_to_fs(url)
+    try:
+        metadata = fs.cat(join(root, METADATA_FILE)) if fs.exists(join(root, STATE_FILE)) else None
+    except OSError as error:
+        raise FatalError(f"{url!r} cannot be read: {error}.") from None
+    if metadata is None:
+        raise FatalError(
+            f"{url!r} is not a complete output (no {STATE_FILE}: a run was killed, is still running, or never wrote "
+            "there); run the same `vlmdata tokenize` command again."
+        )
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    folder = cache_home / "vlmdata" / "shards" / hashlib.sha256(url.encode() + metadata).hexdigest()[:16]
+    if not (folder / STATE_FILE).is_file():
+        copying = folder.with_name(folder.name + PARTIAL_SUFFIX)
+        shutil.rmtree(copying, ignore_errors=True)
+        for path in fs.find(root):
+            target = copying / path[len(root.rstrip("/")) + 1:]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(path, str(target))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(copying, folder)
+    return folder
 
 
 def _download(repo_id: str) -> Path:

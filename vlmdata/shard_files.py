@@ -1,0 +1,53 @@
+"""How a stream of Arrow tables becomes shard files, wherever they are written: a local folder, or an fsspec URL.
+
+The same rule serves this process and a remote worker, so that a work unit's files are the same bytes whoever
+wrote them.
+"""
+
+from __future__ import annotations
+
+import datasets
+import pyarrow as pa
+from datasets.arrow_writer import ArrowWriter
+
+DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
+
+
+def join(folder: str, name: str) -> str:
+    """`folder/name`, for a local path and for a URL alike (where `Path` would fold `s3://` into `s3:/`)."""
+    return f"{folder.rstrip('/')}/{name}"
+
+
+class ShardFiles:
+    """Arrow files `STEM-000.arrow`, `STEM-001.arrow`... in a folder (a path or a URL), a new one whenever a file
+    passes `max_bytes` of table data."""
+
+    def __init__(self, folder: str, stem: str, features: datasets.Features, max_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+        self.folder, self.stem, self.features, self.max_bytes = str(folder), stem, features, max_bytes
+        self.paths: list[str] = []
+        self._writer: ArrowWriter | None = None
+        self._bytes = 0
+
+    def write_table(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        if self._writer is None:
+            path = join(self.folder, f"{self.stem}-{len(self.paths):03d}.arrow")
+            self.paths.append(path)
+            self._writer = ArrowWriter(features=self.features, path=path)
+            self._bytes = 0
+        self._writer.write_table(table)
+        self._bytes += table.nbytes
+        if self._bytes >= self.max_bytes:
+            self._close_file()
+
+    def close(self) -> list[str]:
+        """Closes the last file; returns every file written, in order."""
+        self._close_file()
+        return self.paths
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.finalize()
+            self._writer.close()
+            self._writer = None
