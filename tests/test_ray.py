@@ -178,7 +178,7 @@ def test_the_command_line_runs_on_ray_and_says_how(cluster, sources, local_jsonl
                                       "--engine", "ray", "--ray-address", cluster, "--num-workers", "2",
                                       "--rows-per-unit", "16", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert "engine         ray, 2 workers on 1 nodes, 4 units, start-up" in result.output
+    assert "engine         ray, 2 workers on 1 node, 4 units, start-up" in result.output
     assert_same_files(local_jsonl, tmp_path / "out")
 
 

@@ -155,12 +155,12 @@ class ArrowFolderWriter:
     @property
     def units_dir(self) -> Path:
         """Where workers that write their own work units put the units' files, until commit names them."""
-        return self.partial_dir / ".units"
+        return (self.partial_dir / ".units").absolute()
 
     @property
     def scratch_dir(self) -> Path:
         """A folder inside the partial output for the run's own temporary files; removed on commit."""
-        path = self.partial_dir / ".scratch"
+        path = (self.partial_dir / ".scratch").absolute()  # workers elsewhere have another working folder
         path.mkdir(exist_ok=True)
         return path
 

@@ -7,6 +7,7 @@ writes them in input order. Every row read is either written or recorded in `rej
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -100,6 +101,8 @@ class ConvertStage(Stage[ConvertSummary]):
         options = self.media_options
         if options.cache_dir is None:
             options = replace(options, cache_dir=str(scratch_dir / "downloads"))
+        if options.media_root is not None:  # workers elsewhere have another working folder
+            options = replace(options, media_root=os.path.abspath(options.media_root))
         return ConvertWorker(options)
 
     def summary(self, out_dir: str) -> ConvertSummary:

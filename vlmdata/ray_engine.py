@@ -33,8 +33,6 @@ from vlmdata.shard_files import DEFAULT_MAX_SHARD_BYTES, ShardFiles, join
 from vlmdata.stage import BatchWorker, Tally, WorkUnit, WrittenUnit
 
 UNIT_ATTEMPTS = 3
-# Units in flight per actor: one running, one waiting, so an actor never idles while the driver plans.
-UNITS_PER_ACTOR = 2
 # What the local executor sets in its worker processes: a thread per CPU the actor holds, sleeping threads.
 ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -100,7 +98,9 @@ class RayExecutor:
 
     def _run(self, ray, actors: list, units: Iterable[WorkUnit], units_dir: str) -> Iterator[WrittenUnit]:
         """Each unit to the next free actor; the results in unit order, each checked for lost rows."""
-        free = [actor for actor in actors for _ in range(UNITS_PER_ACTOR)]
+        # One unit at a time per actor: a unit queued behind one that kills its actor would fail with it, and be
+        # named for a fault not its own. A unit takes seconds; handing out the next one takes milliseconds.
+        free = list(actors)
         running: dict = {}  # ObjectRef -> (unit, actor)
         finished: dict[int, WrittenUnit] = {}
         next_index = 0

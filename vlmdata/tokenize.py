@@ -12,10 +12,11 @@ writes the shards: uint8 pixel codes and typed Arrow arrays (`vlmdata.shards`), 
 from __future__ import annotations
 
 import functools
+import os
 import hashlib
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,15 +172,19 @@ class TokenizeStage(Stage[TokenizeSummary]):
     def features(self) -> datasets.Features:
         return self.plan.layout.features()
 
-    def batches(self) -> Iterator[list[dict | RawRow]]:
+    def batches(self) -> Iterator["RowRange"]:
+        data_dir = os.path.abspath(self.data_dir)  # workers elsewhere have another working folder
         for start in range(0, len(self.dataset), ROWS_PER_BATCH):
-            yield _read_rows(self.dataset, self.data_dir, start, min(start + ROWS_PER_BATCH, len(self.dataset)))
+            yield RowRange(data_dir, start, min(start + ROWS_PER_BATCH, len(self.dataset)))
 
     def total_rows(self) -> int:
         return len(self.dataset)
 
     def worker(self, scratch_dir: Path) -> "TokenizeWorker":
-        return TokenizeWorker(self.options, self.plan.call, self.plan.layout)
+        options = self.options
+        if os.path.isdir(options.checkpoint):  # workers elsewhere have another working folder
+            options = replace(options, checkpoint=os.path.abspath(options.checkpoint))
+        return TokenizeWorker(options, self.plan.call, self.plan.layout)
 
     def summary(self, out_dir: str) -> TokenizeSummary:
         return TokenizeSummary(out_dir, model=self.model, family=self.loaded.family.alias, template=self.template_name)
@@ -234,11 +239,11 @@ class TokenizeWorker(BatchWorker[dict, LoadedProcessor]):
     def table(self, rows: list[dict[str, Any]]):
         return rows_to_table(rows, self.features)
 
-    def process(self, batch: list[dict], loaded: LoadedProcessor) -> list[WrittenRow | Reject]:
+    def process(self, batch: "RowRange", loaded: LoadedProcessor) -> list[WrittenRow | Reject]:
         # The next row's images are decoded on another core (Pillow decodes outside the GIL) while this row is tokenized.
         decode = functools.partial(_decoded_messages, loaded=loaded, call=self.call,
                                    video_as_images=self.options.video_as_images)
-        return [self._row(row, decoding, loaded) for row, decoding in computed_ahead(decode, batch)]
+        return [self._row(row, decoding, loaded) for row, decoding in computed_ahead(decode, batch.rows())]
 
     def _row(self, row: dict[str, Any] | RawRow, decoding: Future, loaded: LoadedProcessor) -> WrittenRow | Reject:
         if isinstance(row, RawRow):
@@ -255,6 +260,27 @@ class TokenizeWorker(BatchWorker[dict, LoadedProcessor]):
             return WrittenRow(columns, {**counts, "tokens": length, "trained_tokens": trained}, length)
 
         return guarded(source, row_id, "media", work)
+
+
+@dataclass(frozen=True)
+class RowRange:
+    """Rows `start` to `stop` of the normalised dataset in `data_dir`: a batch its worker reads itself, so the
+    rows' media bytes go from the (memory-mapped) dataset straight to the process that tokenizes them."""
+
+    data_dir: str
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def rows(self) -> list[dict | RawRow]:
+        return _read_rows(_opened(self.data_dir), self.data_dir, self.start, self.stop)
+
+
+@functools.lru_cache(maxsize=2)
+def _opened(data_dir: str) -> datasets.Dataset:
+    return _read_dataset(data_dir)  # once per process: memory-mapped, so each worker maps the same files
 
 
 def _read_rows(dataset: datasets.Dataset, data_dir: str, start: int, stop: int) -> list[dict | RawRow]:

@@ -117,7 +117,7 @@ def locate_dataset(source: str, media_root: str | None = None) -> tuple[list[str
     root = media_root or folder
     if not os.path.isdir(root) or not any(_is_archive_or_folder(root, name) for name in os.listdir(root)):
         raise FatalError(f"{root} holds no image archive (*.zip) or extracted image folder for MMIU.")
-    return metadata_files, root
+    return metadata_files, os.path.abspath(root)  # rows name it, and workers elsewhere have another working folder
 
 
 def find_metadata_files(folder: str) -> list[str]:

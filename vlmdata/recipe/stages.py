@@ -325,7 +325,8 @@ def _engine_figures(summary) -> list[tuple[str, str]]:
     if engine.get("engine") != "ray":
         return []
     resumed = f", {engine['units_resumed']} kept from an interrupted run" if engine.get("units_resumed") else ""
-    return [("engine", f"ray, {engine['workers']} workers on {engine['nodes']} nodes, {engine['units']} units{resumed}, "
+    nodes = f"{engine['nodes']} node" + ("s" if engine["nodes"] != 1 else "")
+    return [("engine", f"ray, {engine['workers']} workers on {nodes}, {engine['units']} units{resumed}, "
                        f"start-up {engine['startup_s']:.1f} s")]
 
 
