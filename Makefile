@@ -53,6 +53,6 @@ demo: install fixtures
 clean:
 	rm -rf $(FIXTURES) out .pytest_cache
 
-# Benchmarks -> BENCHMARKS.md (about 17 minutes on 2 cores). BENCH_ARGS=--full for larger samples, --smoke to check.
+# Benchmarks -> BENCHMARKS.md (about 21 minutes on 2 cores). BENCH_ARGS=--full for larger samples, --smoke to check.
 bench: install fixtures
 	HF_HUB_OFFLINE=1 $(PYTHON) -m bench.run_all $(BENCH_ARGS)

@@ -30,12 +30,13 @@ GROUPS = [
     ("6", lambda key: key.startswith("collate.")),
     ("7", lambda key: key.startswith("video.")),
     ("8", lambda key: key.startswith("packing.")),
+    ("9", lambda key: key.startswith("ray.")),
 ]
 STUBS = [
-    ("9", Figure("gpu", "GPU figures (training step time, GPU idle time waiting on data)",
+    ("10", Figure("gpu", "GPU figures (training step time, GPU idle time waiting on data)",
                  "not measured: no GPU on this machine")),
 ]
-RESULT_FILES = ["tokenize", "convert", "memory", "storage", "collate", "video", "packing", "profile"]
+RESULT_FILES = ["tokenize", "convert", "memory", "storage", "collate", "video", "packing", "ray", "profile"]
 
 
 def met_text(figure: Figure) -> str:

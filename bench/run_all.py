@@ -5,7 +5,7 @@ caches; a script that fails leaves its figures out and is named in the report, a
 Shard size is measured last.
 
 Presets:
-    default   about 20-23 minutes on 2 busy cores (200 and 2000 rows for the tokenize memory run)
+    default   about 24-27 minutes on 2 busy cores (200 and 2000 rows for the tokenize memory run)
     --full    larger samples and more repetitions (about an hour): 20000 rows for both convert runs,
               2000 rows for the large tokenize memory run, --num-proc 2 measured for both processors
     --smoke   a few rows of everything, for checking that the scripts work (a few minutes)
@@ -40,6 +40,7 @@ PRESETS = {
         "bench_collate": ["--rows", "32", "--batch-size", "8", "--repeats", "3"],
         "bench_video": ["--rows", "8", "--seconds", "10", "--repeats", "3"],
         "bench_packing": ["--rows", "96", "--steps", "8", "--repeats", "3"],
+        "bench_ray": ["--rows", "96,480", "--repeats", "3"],
     },
     "full": {
         "make_workload": ["--rows", "20000"],
@@ -52,6 +53,7 @@ PRESETS = {
         "bench_collate": ["--rows", "128", "--batch-size", "8", "--repeats", "5"],
         "bench_video": ["--rows", "32", "--seconds", "20", "--repeats", "5"],
         "bench_packing": ["--rows", "256", "--steps", "16", "--repeats", "5"],
+        "bench_ray": ["--rows", "192,576", "--repeats", "5"],
     },
     "smoke": {
         "make_workload": ["--rows", "20"],
@@ -63,11 +65,12 @@ PRESETS = {
         "bench_collate": ["--rows", "4", "--batch-size", "2", "--repeats", "1"],
         "bench_video": ["--rows", "1", "--seconds", "2", "--repeats", "1"],
         "bench_packing": ["--rows", "4", "--steps", "1", "--repeats", "1", "--families", "qwen2_vl"],
+        "bench_ray": ["--rows", "8,16", "--repeats", "1"],
     },
 }
 # Scripts whose results go into the report, in running order (storage last: it reads the newest shards).
 SCRIPTS = ["bench_tokenize", "bench_convert", "bench_memory", "profile_stages", "bench_collate", "bench_video",
-           "bench_packing", "bench_storage"]
+           "bench_packing", "bench_ray", "bench_storage"]
 
 
 def run_script(name: str, arguments: list[str], results: Path) -> str | None:
