@@ -275,3 +275,21 @@ def test_cli_unknown_model_is_one_line_error(data_dir, tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: Cannot load the processor") and "nope" in lines[0]
+
+
+def test_a_dataset_written_again_in_the_same_process_is_read_again(tmp_path):
+    # Workers keep the dataset they opened for the next batches; a folder converted again must not be served
+    # from that old copy.
+    from vlmdata.convert import convert
+
+    source = normalised(tmp_path / "first").parent / "conversations.jsonl"
+    lines = source.read_text().splitlines()
+    data = tmp_path / "data"
+    convert([str(source)], data, progress=False)
+    tokenize(data, tmp_path / "one", model=str(tiny_model("gemma3")), progress=False)
+    source.write_text("\n".join(lines[1:2]) + "\n")
+    convert([str(source)], data, overwrite=True, progress=False)
+    tokenize(data, tmp_path / "two", model=str(tiny_model("gemma3")), progress=False)
+
+    assert len(datasets.load_from_disk(str(tmp_path / "one"))) == len(lines) > 1
+    assert datasets.load_from_disk(str(tmp_path / "two"))["id"] == datasets.load_from_disk(str(data))["id"]

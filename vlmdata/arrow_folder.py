@@ -10,7 +10,9 @@ A run can be killed at any moment, so the folder `OUT` only ever holds a whole o
     - an existing `OUT` being overwritten is first renamed to `OUT.previous`, and deleted only once the new
       output is in place; a run killed between the two renames leaves the old output whole under
       `OUT.previous`, and the next run puts it back before doing anything else;
-    - the next run deletes a `OUT.partial` left by a killed run, unless a live run still holds its lock.
+    - the next run deletes a `OUT.partial` left by a killed run, unless a live run still holds its lock, or the
+      folder belongs to the same job of an engine whose workers write their own work units (Ray): then the
+      next run takes it up, keeping the units already written.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ class WorkUnit:
 
 @dataclass
 class WrittenUnit:
-    """A work unit a worker wrote itself: its shard files (inside the partial folder), its rejects, its tally."""
+    """A work unit a worker wrote itself: its shard files (inside the output being written), rejects and tally."""
 
     index: int
     paths: list[str]
@@ -325,17 +325,19 @@ def run_stage(
         with RejectLog(writer.path_of(REJECTS_FILE), strict) as rejects, InBackground() as background, tqdm(
             total=stage.total_rows(), desc=stage.name, unit=" rows", disable=not progress, dynamic_ncols=True
         ) as bar:
-            for result in executor.map(worker, work_units(stage.batches(), rows_per_unit // ROWS_PER_BATCH), writer.units_dir):
+            planned = work_units(stage.batches(), rows_per_unit // ROWS_PER_BATCH)
+            for result in executor.map(worker, planned, writer.units_dir):
                 for reject in result.rejects:
                     rejects.add(reject)
-                # Written on a thread of its own, outside the GIL mostly, while the next batch is worked on.
-                if isinstance(result, WrittenUnit):
+                if isinstance(result, WrittenUnit):  # its files, written by a remote worker
                     background.submit(writer.adopt, result.paths, result.tally.rows_written)
-                else:
-                    background.submit(writer.write_table, result.table)
-                if isinstance(result, WrittenUnit) or result.ends_unit:
-                    background.submit(writer.end_shard)
                     units += 1
+                else:
+                    # Written on a thread of its own, outside the GIL mostly, while the next batch is worked on.
+                    background.submit(writer.write_table, result.table)
+                    if result.ends_unit:
+                        background.submit(writer.end_shard)
+                        units += 1
                 tally.add(result.tally)
                 bar.update(result.tally.rows_read)
                 bar.set_postfix(units=units, rejected=rejects.count, refresh=False)

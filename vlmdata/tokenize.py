@@ -174,8 +174,9 @@ class TokenizeStage(Stage[TokenizeSummary]):
 
     def batches(self) -> Iterator["RowRange"]:
         data_dir = os.path.abspath(self.data_dir)  # workers elsewhere have another working folder
+        version = tuple((file["filename"], os.stat(file["filename"]).st_mtime_ns) for file in self.dataset.cache_files)
         for start in range(0, len(self.dataset), ROWS_PER_BATCH):
-            yield RowRange(data_dir, start, min(start + ROWS_PER_BATCH, len(self.dataset)))
+            yield RowRange(data_dir, start, min(start + ROWS_PER_BATCH, len(self.dataset)), version)
 
     def total_rows(self) -> int:
         return len(self.dataset)
@@ -270,17 +271,18 @@ class RowRange:
     data_dir: str
     start: int
     stop: int
+    version: tuple = ()  # the dataset's files and their times: a folder written again is opened again
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def rows(self) -> list[dict | RawRow]:
-        return _read_rows(_opened(self.data_dir), self.data_dir, self.start, self.stop)
+        return _read_rows(_opened(self.data_dir, self.version), self.data_dir, self.start, self.stop)
 
 
 @functools.lru_cache(maxsize=2)
-def _opened(data_dir: str) -> datasets.Dataset:
-    return _read_dataset(data_dir)  # once per process: memory-mapped, so each worker maps the same files
+def _opened(data_dir: str, version: tuple) -> datasets.Dataset:
+    return _read_dataset(data_dir)  # once per process and version: memory-mapped, so every worker maps the same files
 
 
 def _read_rows(dataset: datasets.Dataset, data_dir: str, start: int, stop: int) -> list[dict | RawRow]:

@@ -163,14 +163,16 @@ def fetch_url(url: str) -> Path:
     cache_home = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     folder = cache_home / "vlmdata" / "shards" / hashlib.sha256(url.encode() + metadata).hexdigest()[:16]
     if not (folder / STATE_FILE).is_file():
-        copying = folder.with_name(folder.name + PARTIAL_SUFFIX)
-        shutil.rmtree(copying, ignore_errors=True)
+        # A copy of this process's own, moved into place whole: the ranks of a multi-GPU run copy at once.
+        copying = folder.with_name(f"{folder.name}.{os.getpid()}{PARTIAL_SUFFIX}")
         for path in fs.find(root):
             target = copying / path[len(root.rstrip("/")) + 1:]
             target.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(path, str(target))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(copying, folder)
+        try:
+            os.replace(copying, folder)
+        except OSError:  # another process put its copy there first
+            shutil.rmtree(copying, ignore_errors=True)
     return folder
 
 
