@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import datasets
+import fsspec
 import pytest
 from click.testing import CliRunner
 
@@ -22,7 +23,7 @@ from vlmdata.cli import cli
 from vlmdata.convert import convert
 from vlmdata.errors import FatalError
 from vlmdata.media import MediaOptions, Resize
-from vlmdata.ray_engine import RayExecutor
+from vlmdata.ray_engine import RayExecutor, check_shared
 from vlmdata.stage import run_stage
 from vlmdata.tokenize import tokenize
 
@@ -167,6 +168,16 @@ def test_two_nodes_run_the_units_and_write_the_bytes_of_local(sources, local_jso
     try:
         summary = convert([sources["jsonl"]], tmp_path / "out", media_options=MEDIA, rows_per_unit=UNIT, engine="ray",
                           ray_address=two_nodes.address, num_workers=2, progress=False)
+        # The storage check itself, on a folder only this process can see (its own in-memory file system).
+        ray.init(address=two_nodes.address, logging_level="ERROR", log_to_driver=False)
+        try:
+            fsspec.filesystem("memory").makedirs("/private/out.partial/.units", exist_ok=True)
+            with pytest.raises(FatalError, match=r"memory://private/out is not on storage that every node "
+                                                 r"of the cluster shares \(2 of 2 nodes cannot see it\)"):
+                check_shared(ray, "memory://private/out.partial/.units")
+            check_shared(ray, str(tmp_path))  # and one they all see
+        finally:
+            ray.shutdown()
     finally:
         two_nodes.shutdown()
     assert summary.engine["nodes"] == 2 and summary.engine["worker_nodes"] == 2

@@ -27,6 +27,7 @@ from pathlib import Path
 import fsspec
 
 from vlmdata.errors import FatalError
+from vlmdata.folders import PARTIAL_SUFFIX
 from vlmdata.optional import require
 from vlmdata.rows import Reject
 from vlmdata.shard_files import DEFAULT_MAX_SHARD_BYTES, ShardFiles, join
@@ -67,7 +68,7 @@ class RayExecutor:
         try:
             self.nodes = len(_alive_nodes(ray))
             if self.nodes > 1:
-                _check_shared(ray, units_dir)
+                check_shared(ray, units_dir)
             actors = self._start_actors(ray, worker, units_dir)
             self.startup_s = round(time.monotonic() - started, 3)
             yield from self._run(ray, actors, units, units_dir)
@@ -243,7 +244,7 @@ def _alive_nodes(ray) -> list[dict]:
     return [node for node in ray.nodes() if node.get("Alive")]
 
 
-def _check_shared(ray, units_dir: str) -> None:
+def check_shared(ray, units_dir: str) -> None:
     """Refuses an output that the cluster's other nodes cannot see: each node looks for a file written here."""
     probe = join(units_dir, f".probe-{uuid.uuid4().hex}")
     fs, path = fsspec.core.url_to_fs(probe)
@@ -263,7 +264,7 @@ def _check_shared(ray, units_dir: str) -> None:
         fs.rm(path)
     if blind:
         raise FatalError(
-            f"The output {units_dir.removesuffix('/.units')} is not on storage that every node of the cluster "
+            f"The output {units_dir.removesuffix('/.units').removesuffix(PARTIAL_SUFFIX)} is not on storage that every node of the cluster "
             f"shares ({len(blind)} of {len(checks)} nodes cannot see it): write to a shared file system or an "
             "fsspec URL (s3://...)."
         )
