@@ -42,11 +42,13 @@ demo: install fixtures
 	HF_HUB_OFFLINE=1 $(VLMDATA) run recipes/tiny-gemma3.yaml --quiet
 	$(VLMDATA) convert $(FIXTURES)/mmiu -o $(DEMO_OUT)/mmiu --image-size 64 --overwrite --quiet
 	$(VLMDATA) convert $(FIXTURES)/jsonl/conversations.jsonl -o $(DEMO_OUT)/jsonl --image-size 48x32 --overwrite --quiet
+	$(VLMDATA) convert $(FIXTURES)/jsonl/conversations.jsonl -o $(DEMO_OUT)/jsonl-ray --image-size 48x32 --engine ray --overwrite --quiet
+	cmp $(DEMO_OUT)/jsonl/data-00000-of-00001.arrow $(DEMO_OUT)/jsonl-ray/data-00000-of-00001.arrow && echo "--engine ray wrote the bytes --engine local wrote"
 	$(VLMDATA) convert $(FIXTURES)/sharegpt/sharegpt.json -o $(DEMO_OUT)/sharegpt --image-size 64 --resize-mode fit --num-proc 2 --overwrite --quiet
 	HF_HUB_OFFLINE=1 $(VLMDATA) tokenize $(DEMO_OUT)/jsonl -o $(DEMO_OUT)/shards-gemma3n --model $(FIXTURES)/models/gemma3n --overwrite --quiet
 	@echo
 	@echo "Demo outputs (load the datasets and shards with datasets.load_from_disk):"
-	@echo "  normalised datasets: $(DEMO_OUT)/{llava,mmiu,jsonl,sharegpt}"
+	@echo "  normalised datasets: $(DEMO_OUT)/{llava,mmiu,jsonl,sharegpt}, and jsonl-ray (the same, on a Ray of this machine)"
 	@echo "  token shards:        $(DEMO_OUT)/shards-gemma3 (images), $(DEMO_OUT)/shards-gemma3n (images and audio)"
 	@echo "  LoRA adapter:        $(DEMO_OUT)/lora-gemma3 (trained by recipes/tiny-gemma3.yaml; loss curve in loss.png)"
 

@@ -325,9 +325,12 @@ def _engine_figures(summary) -> list[tuple[str, str]]:
     if engine.get("engine") != "ray":
         return []
     resumed = f", {engine['units_resumed']} kept from an interrupted run" if engine.get("units_resumed") else ""
-    nodes = f"{engine['nodes']} node" + ("s" if engine["nodes"] != 1 else "")
-    return [("engine", f"ray, {engine['workers']} workers on {nodes}, {engine['units']} units{resumed}, "
-                       f"start-up {engine['startup_s']:.1f} s")]
+    return [("engine", f"ray, {_counted(engine['workers'], 'worker')} on {_counted(engine['nodes'], 'node')}, "
+                       f"{_counted(engine['units'], 'unit')}{resumed}, start-up {engine['startup_s']:.1f} s")]
+
+
+def _counted(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 def _media_figures(summary) -> list[tuple[str, int]]:
