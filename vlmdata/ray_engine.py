@@ -128,6 +128,8 @@ class RayExecutor:
             while next_index in finished:
                 yield finished.pop(next_index)
                 next_index += 1
+        if finished:  # cannot happen while units are numbered in order; checked, as a lost unit is lost rows
+            raise FatalError(f"work unit {next_index} never arrived, though units {sorted(finished)} did; nothing was committed.")
 
 
 class UnitActor:

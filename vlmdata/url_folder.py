@@ -1,4 +1,4 @@
-"""Writing a dataset folder at an fsspec URL (`s3://`, `gs://`, `hf://`, `memory://`), which `load_from_disk`
+"""Writing a dataset folder at an fsspec URL (`s3://`, `gs://`, `memory://`), which `load_from_disk`
 loads and `vlmdata train` trains on.
 
 Object stores cannot rename a folder into place, so the folder is written where it stays and committed by
