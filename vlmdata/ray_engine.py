@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections import Counter
@@ -36,6 +37,8 @@ from vlmdata.stage import BatchWorker, Tally, WorkUnit, WrittenUnit
 UNIT_ATTEMPTS = 3
 # What the local executor sets in its worker processes: a thread per CPU the actor holds, sleeping threads.
 ACTOR_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+# Passed on from the driver, as the local executor's processes inherit them (cli.arrow_buffers_from_the_system_allocator).
+PASSED_ON = ("ARROW_DEFAULT_MEMORY_POOL",)
 
 
 @dataclass
@@ -91,7 +94,8 @@ class RayExecutor:
             num_cpus=cpus_each,
             max_restarts=-1,  # a dead actor comes back; the unit it had is what counts the attempts
             max_task_retries=UNIT_ATTEMPTS - 1,
-            runtime_env={"env_vars": {**ACTOR_ENV, "OMP_NUM_THREADS": threads, "RAYON_NUM_THREADS": threads}},
+            runtime_env={"env_vars": {**ACTOR_ENV, "OMP_NUM_THREADS": threads, "RAYON_NUM_THREADS": threads,
+                                      **{name: os.environ[name] for name in PASSED_ON if name in os.environ}}},
         )
         actors = [actor_class.remote(worker, units_dir) for _ in range(self.workers)]
         self.worker_nodes = len(set(_get(ray, [actor.start.remote() for actor in actors], "starting the workers")))
