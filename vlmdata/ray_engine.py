@@ -65,7 +65,7 @@ class RayExecutor:
         units_dir = str(units_dir)
         if fsspec.core.url_to_fs(units_dir)[0].protocol in ("memory", ("memory",)):
             raise FatalError("A memory:// output lives in this process only; the Ray engine's workers cannot write there.")
-        started = time.monotonic()
+        started, self.units_resumed = time.monotonic(), 0
         joined = _join(ray, self.address)
         actors = []
         try:
