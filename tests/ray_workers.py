@@ -56,13 +56,7 @@ class StageWith(ConvertStage):
         self.make_worker = make_worker
 
     def worker(self, scratch_dir: Path) -> ConvertWorker:
-        return self.make_worker(replace_cache(self.media_options, scratch_dir))
-
-
-def replace_cache(options: MediaOptions, scratch_dir: Path) -> MediaOptions:
-    from dataclasses import replace
-
-    return replace(options, cache_dir=str(scratch_dir / "downloads"))
+        return self.make_worker(super().worker(scratch_dir).media_options)
 
 
 if __name__ == "__main__":

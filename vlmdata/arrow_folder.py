@@ -30,8 +30,8 @@ import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
 from vlmdata.errors import FatalError
-from vlmdata.folders import PARTIAL_SUFFIX, PREVIOUS_SUFFIX, STATE_FILE
-from vlmdata.shard_files import DEFAULT_MAX_SHARD_BYTES, ShardFiles
+from vlmdata.folders import INFO_FILE, JOB_FILE, PARTIAL_SUFFIX, PREVIOUS_SUFFIX, STATE_FILE
+from vlmdata.shard_files import DEFAULT_MAX_SHARD_BYTES, ShardSequence
 
 try:
     import fcntl
@@ -39,10 +39,6 @@ except ImportError:  # Windows: two runs writing the same folder at once are not
     fcntl = None
 
 log = logging.getLogger(__name__)
-
-# In `.units/`: the job a partial folder belongs to (see `Stage.job_key`).
-JOB_FILE = "job"
-INFO_FILE = "dataset_info.json"
 
 
 class ArrowFolderWriter:
@@ -76,10 +72,8 @@ class ArrowFolderWriter:
         self.job = job
         self.partial_dir = self.out_dir.with_name(self.out_dir.name + PARTIAL_SUFFIX)
         self.previous_dir = self.out_dir.with_name(self.out_dir.name + PREVIOUS_SUFFIX)
-        self.num_rows = 0
         self.num_bytes = 0
-        self._shard_paths: list[Path] = []
-        self._shards: ShardFiles | None = None
+        self.shards = ShardSequence(str(self.partial_dir), features, max_shard_bytes)
         self._lock: int | None = None
 
     def __enter__(self) -> "ArrowFolderWriter":
@@ -94,7 +88,7 @@ class ArrowFolderWriter:
             if exc_type is None:
                 self.commit()
                 return
-            self.end_shard()
+            self.shards.end_shard()
             shutil.rmtree(self.partial_dir, ignore_errors=True)
         except OSError as error:
             exc = exc or error
@@ -109,12 +103,8 @@ class ArrowFolderWriter:
             raise FatalError(f"{self.out_dir} exists and is not a folder.")
         if self.out_dir.exists() and any(self.out_dir.iterdir()) and not self.overwrite:
             raise FatalError(f"{self.out_dir} already exists and is not empty; pass --overwrite to replace it.")
-        if self.partial_dir.exists() and self._resumable():
-            log.warning("taking up %s, left unfinished by an interrupted run of the same job", self.partial_dir)
-            self._lock = _try_lock(self.partial_dir)
+        if self.partial_dir.exists() and self._take_up_or_remove_partial():
             return
-        if self.partial_dir.exists():
-            self._remove_abandoned_partial()
         self.partial_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.partial_dir.mkdir()
@@ -125,34 +115,24 @@ class ArrowFolderWriter:
             self.units_dir.mkdir()
             (self.units_dir / JOB_FILE).write_text(self.job, encoding="utf-8")
 
-    def _resumable(self) -> bool:
-        """Whether the partial folder is one a killed run of this same job left, whose finished work units a
-        rerun keeps (engines whose workers write units themselves)."""
-        if self.job is None:
-            return False
-        try:
-            left = (self.units_dir / JOB_FILE).read_text(encoding="utf-8")
-        except OSError:
-            return False
-        lock = _try_lock(self.partial_dir)
-        _unlock(lock)
-        if lock == _BUSY:
-            raise FatalError(
-                f"{self.partial_dir} is being written by another run; wait for it to finish, or stop it first."
-            )
-        return left == self.job
-
-    def _remove_abandoned_partial(self) -> None:
+    def _take_up_or_remove_partial(self) -> bool:
+        """Takes up a partial folder a killed run of this same job left (True: its finished work units are kept,
+        for engines whose workers write units themselves), or removes one left by any other run."""
         lock = _try_lock(self.partial_dir)
         if lock == _BUSY:
             raise FatalError(
                 f"{self.partial_dir} is being written by another run; wait for it to finish, or stop it first."
             )
+        if self.job is not None and _read_text(self.units_dir / JOB_FILE) == self.job:
+            log.warning("taking up %s, left unfinished by an interrupted run of the same job", self.partial_dir)
+            self._lock = lock
+            return True
         try:
             log.warning("removing %s, left unfinished by an interrupted run", self.partial_dir)
             shutil.rmtree(self.partial_dir)
         finally:
             _unlock(lock)
+        return False
 
     @property
     def units_dir(self) -> Path:
@@ -170,27 +150,7 @@ class ArrowFolderWriter:
         """Appends rows (plain Python values, encoded by the folder's features) to the current shard."""
         if rows:
             encoded = [self.features.encode_example(row) for row in rows]
-            self.write_table(pa.Table.from_pylist(encoded, schema=self.features.arrow_schema))
-
-    def write_table(self, table: pa.Table) -> None:
-        """Appends rows already in the features' Arrow storage form to the current shard."""
-        if self._shards is None:
-            self._shards = ShardFiles(str(self.partial_dir), f"shard-{len(self._shard_paths):05d}", self.features,
-                                      self.max_shard_bytes)
-        self._shards.write_table(table)
-        self.num_rows += table.num_rows
-
-    def end_shard(self) -> None:
-        """Closes the current shard: the next rows start a new file (a work unit's rows are a file of their own)."""
-        if self._shards is not None:
-            self._shard_paths += [Path(path) for path in self._shards.close()]
-            self._shards = None
-
-    def adopt(self, paths: list[Path], num_rows: int) -> None:
-        """Takes shard files a worker wrote inside the partial folder as the next shards, in this order."""
-        self.end_shard()
-        self._shard_paths += [Path(path) for path in paths]
-        self.num_rows += num_rows
+            self.shards.write_table(pa.Table.from_pylist(encoded, schema=self.features.arrow_schema))
 
     def add_file(self, name: str, text: str) -> None:
         """Writes a small text file (metadata, rejects) into the output folder, atomically with the rest."""
@@ -202,8 +162,8 @@ class ArrowFolderWriter:
 
     def finish_shards(self) -> int:
         """Closes the last shard; returns the bytes the shards take on disk (no more rows may be written)."""
-        self.end_shard()
-        self.num_bytes = sum(path.stat().st_size for path in self._shard_paths)
+        self.shards.end_shard()
+        self.num_bytes = sum(os.path.getsize(path) for path in self.shards.paths)
         return self.num_bytes
 
     def commit(self) -> None:
@@ -213,13 +173,13 @@ class ArrowFolderWriter:
         `out_dir` whose files were not all written.
         """
         self.finish_shards()
-        if not self._shard_paths:  # an empty dataset still needs one (empty) shard to load
-            ArrowWriter(features=self.features, path=str(self.partial_dir / "shard-00000-000.arrow")).finalize()
-            self._shard_paths.append(self.partial_dir / "shard-00000-000.arrow")
-        count = len(self._shard_paths)
+        if not self.shards.paths:  # an empty dataset still needs one (empty) shard to load
+            self.shards.paths = [str(self.partial_dir / "shard-00000-000.arrow")]
+            ArrowWriter(features=self.features, path=self.shards.paths[0]).finalize()
+        count = len(self.shards.paths)
         names = [f"data-{i:05d}-of-{count:05d}.arrow" for i in range(count)]
-        for path, name in zip(self._shard_paths, names):
-            path.rename(self.partial_dir / name)
+        for path, name in zip(self.shards.paths, names):
+            Path(path).rename(self.partial_dir / name)
         shutil.rmtree(self.partial_dir / ".scratch", ignore_errors=True)
         shutil.rmtree(self.units_dir, ignore_errors=True)
 
@@ -252,6 +212,13 @@ def loading_files(features: datasets.Features, shard_names: list[str]) -> tuple[
     }
     info = asdict(datasets.DatasetInfo(features=features))
     return json.dumps({k: info[k] for k in sorted(info)}, indent=2), json.dumps(state, indent=2, sort_keys=True)
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def restore_interrupted_overwrite(out_dir: Path) -> None:

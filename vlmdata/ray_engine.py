@@ -63,7 +63,7 @@ class RayExecutor:
     def map(self, worker: BatchWorker, units: Iterable[WorkUnit], units_dir: str | Path) -> Iterator[WrittenUnit]:
         ray = require("ray", "ray", "--engine ray")
         units_dir = str(units_dir)
-        if fsspec.core.url_to_fs(units_dir)[0].protocol in ("memory", ("memory",)):
+        if units_dir.startswith("memory://"):
             raise FatalError("A memory:// output lives in this process only; the Ray engine's workers cannot write there.")
         started, self.units_resumed = time.monotonic(), 0
         joined = _join(ray, self.address)

@@ -51,3 +51,30 @@ class ShardFiles:
             self._writer.finalize()
             self._writer.close()
             self._writer = None
+
+
+class ShardSequence:
+    """The shard files of one output, in order: tables written here (a new file at each work unit's end) and
+    files a remote worker wrote, adopted as they are. Both output folders keep theirs in one."""
+
+    def __init__(self, folder: str, features: datasets.Features, max_bytes: int = DEFAULT_MAX_SHARD_BYTES):
+        self.folder, self.features, self.max_bytes = str(folder), features, max_bytes
+        self.paths: list[str] = []
+        self._current: ShardFiles | None = None
+
+    def write_table(self, table: pa.Table) -> None:
+        """Appends rows already in the features' Arrow storage form to the current shard."""
+        if self._current is None:
+            self._current = ShardFiles(self.folder, f"shard-{len(self.paths):05d}", self.features, self.max_bytes)
+        self._current.write_table(table)
+
+    def end_shard(self) -> None:
+        """Closes the current shard: the next rows start a new file (a work unit's rows are a file of their own)."""
+        if self._current is not None:
+            self.paths += self._current.close()
+            self._current = None
+
+    def adopt(self, paths: list[str]) -> None:
+        """Takes shard files a worker wrote inside the output as the next shards, in this order."""
+        self.end_shard()
+        self.paths += list(paths)

@@ -96,7 +96,7 @@ class WorkUnit:
     """Consecutive batches of a stage's input, numbered from 0: what a remote worker turns into shard files."""
 
     index: int
-    batches: list[list]
+    batches: list  # each a stage's batch: a list of rows, or what its worker reads them from
     first_row: int = 0
 
     @property
@@ -330,13 +330,13 @@ def run_stage(
                 for reject in result.rejects:
                     rejects.add(reject)
                 if isinstance(result, WrittenUnit):  # its files, written by a remote worker
-                    background.submit(writer.adopt, result.paths, result.tally.rows_written)
+                    background.submit(writer.shards.adopt, result.paths)
                     units += 1
                 else:
                     # Written on a thread of its own, outside the GIL mostly, while the next batch is worked on.
-                    background.submit(writer.write_table, result.table)
+                    background.submit(writer.shards.write_table, result.table)
                     if result.ends_unit:
-                        background.submit(writer.end_shard)
+                        background.submit(writer.shards.end_shard)
                         units += 1
                 tally.add(result.tally)
                 bar.update(result.tally.rows_read)

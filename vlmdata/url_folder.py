@@ -18,18 +18,14 @@ from pathlib import Path
 
 import datasets
 import fsspec
-import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
-from vlmdata.arrow_folder import INFO_FILE, loading_files
+from vlmdata.arrow_folder import loading_files
 from vlmdata.errors import FatalError
-from vlmdata.folders import STATE_FILE
-from vlmdata.shard_files import DEFAULT_MAX_SHARD_BYTES, ShardFiles, join
+from vlmdata.folders import INFO_FILE, JOB_FILE, STATE_FILE
+from vlmdata.shard_files import DEFAULT_MAX_SHARD_BYTES, ShardSequence, join
 
 log = logging.getLogger(__name__)
-
-# The job a folder being written belongs to; its presence says the folder is an unfinished vlmdata output.
-JOB_FILE = ".vlmdata-job"
 
 
 def is_url(path: str | Path) -> bool:
@@ -52,10 +48,8 @@ class UrlFolderWriter:
         self.url = str(url).rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
         self.features, self.overwrite, self.max_shard_bytes, self.job = features, overwrite, max_shard_bytes, job
-        self.num_rows = 0
         self.num_bytes = 0
-        self._shard_paths: list[str] = []
-        self._shards: ShardFiles | None = None
+        self.shards = ShardSequence(self.url, features, max_shard_bytes)
         self._staging: Path | None = None
 
     def __enter__(self) -> "UrlFolderWriter":
@@ -71,7 +65,7 @@ class UrlFolderWriter:
             if exc_type is None:
                 self.commit()
             else:
-                self.end_shard()
+                self.shards.end_shard()
                 if self.job is None:  # nothing a rerun could keep
                     self.fs.rm(self.root, recursive=True)
         except OSError as error:
@@ -113,39 +107,22 @@ class UrlFolderWriter:
     def path_of(self, name: str) -> Path:
         return self._staging / name
 
-    def write_table(self, table: pa.Table) -> None:
-        if self._shards is None:
-            stem = f"shard-{len(self._shard_paths):05d}"
-            self._shards = ShardFiles(self.url, stem, self.features, self.max_shard_bytes)
-        self._shards.write_table(table)
-        self.num_rows += table.num_rows
-
-    def end_shard(self) -> None:
-        if self._shards is not None:
-            self._shard_paths += self._shards.close()
-            self._shards = None
-
-    def adopt(self, paths: list[str], num_rows: int) -> None:
-        self.end_shard()
-        self._shard_paths += list(paths)
-        self.num_rows += num_rows
-
     def add_file(self, name: str, text: str) -> None:
         (self._staging / name).write_text(text, encoding="utf-8")
 
     def finish_shards(self) -> int:
-        self.end_shard()
-        self.num_bytes = sum(self.fs.size(path) for path in self._shard_paths)
+        self.shards.end_shard()
+        self.num_bytes = sum(self.fs.size(path) for path in self.shards.paths)
         return self.num_bytes
 
     def commit(self) -> None:
         """Uploads the staged files, removes the run's own bookkeeping, and writes `state.json` last."""
         self.finish_shards()
-        if not self._shard_paths:  # an empty dataset still needs one (empty) shard to load
-            self._shard_paths = [join(self.url, "shard-00000-000.arrow")]
-            ArrowWriter(features=self.features, path=self._shard_paths[0]).finalize()
+        if not self.shards.paths:  # an empty dataset still needs one (empty) shard to load
+            self.shards.paths = [join(self.url, "shard-00000-000.arrow")]
+            ArrowWriter(features=self.features, path=self.shards.paths[0]).finalize()
         shutil.rmtree(self._staging / ".scratch", ignore_errors=True)
-        names = [path.rsplit("/", 1)[-1] for path in self._shard_paths]
+        names = [path.rsplit("/", 1)[-1] for path in self.shards.paths]
         info, state = loading_files(self.features, names)
         self.add_file(INFO_FILE, info)
         for path in sorted(self._staging.rglob("*")):
