@@ -34,6 +34,9 @@ STACKS_IMAGES_OTHERWISE = {"llama4"}
 COUNTS_FRAMES_FROM_ARRAYS = {"smolvlm"}
 # InternVL's processor slices and joins its pixels as torch tensors: it is asked for torch.
 TAKES_ONLY_TORCH = {"internvl"}
+# The Qwen image processors repeat each still image twice per patch unless asked for one frame. GLM-4.1V's
+# repeats too, but its resize budgets pixels by the repeats: asked for one frame, it resizes differently.
+FOLDS_WHEN_ASKED = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"}
 
 
 def photo(path: Path, width: int, height: int, seed: int) -> str:
@@ -81,6 +84,7 @@ def test_every_family_gets_its_quick_call_and_the_same_tensors(photos_dir, tmp_p
         if "video" in get_family(alias).modalities and codes:  # video pixels are asked for as codes as well
             codes.append("pixel_values_videos")
         assert call["pixel_codes"] == codes, alias
+        assert call["folded"] == (["pixel_values"] if alias in FOLDS_WHEN_ASKED else []), alias
 
         loaded = load_processor(str(tiny_model(alias)))
         template = load_template(loaded.family.template_name)
@@ -150,7 +154,7 @@ def test_codes_of_an_output_that_comes_as_something_else_are_refused():
 
 @pytest.mark.parametrize("size, mode", [((40, 3), "RGB"), ((3, 40), "RGB"), ((60, 40), "RGBA"), ((60, 40), "L")])
 def test_images_handed_over_as_arrays_give_the_plain_call_tensors(size, mode):
-    # A 3-pixel-high RGB array is [3, 40, 3]: guessed from its shape, it would be read as channels first.
+    # Images 3 pixels high or wide: arrays whose channel axis cannot be told from their shape alone.
     loaded = load_processor(str(tiny_model("gemma3")))
     template = load_template(loaded.family.template_name)
     rng = np.random.default_rng(5)
@@ -162,7 +166,7 @@ def test_images_handed_over_as_arrays_give_the_plain_call_tensors(size, mode):
     # Only RGB images become arrays; any other mode keeps the processor's own conversion of its PIL image.
     assert isinstance(handed, np.ndarray) == (mode == "RGB")
     if mode == "RGB":
-        assert handed.shape == (size[1], size[0], 3) and handed.flags.writeable
+        assert handed.shape == (3, size[1], size[0]) and handed.flags.writeable and handed.flags.c_contiguous
     plain, quick = PLAIN_CALL.apply(loaded.processor, messages, template), call.apply(loaded.processor, messages, template)
     for name in plain:
         assert quick[name].dtype == plain[name].dtype and torch.equal(quick[name], plain[name]), (size, mode, name)

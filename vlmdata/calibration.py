@@ -18,6 +18,7 @@ from PIL import Image
 from vlmdata.errors import FatalError, RowError
 from vlmdata.modalities.video import video_part
 from vlmdata.models.loading import LoadedProcessor
+from vlmdata.pixels import PixelStorage, repeat_frames
 from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
 from vlmdata.shards import TensorLayout, probe_layout
 from vlmdata.tensor_spec import VIDEO_PIXELS
@@ -46,8 +47,8 @@ def calibrate(loaded: LoadedProcessor, template: str) -> TokenizePlan:
     plain = _probe_outputs(loaded, template, conversations)
     processor = loaded.processor
     layout = probe_layout(plain, getattr(processor, "image_processor", None), getattr(processor, "video_processor", None))
-    codecs = {spec.name: spec.codec for spec in layout.tensors if spec.codec is not None}
-    return TokenizePlan(layout, quickest_call(loaded.processor, template, conversations, plain, codecs))
+    pixels = {spec.name: spec.pixels for spec in layout.tensors if spec.pixels is not None}
+    return TokenizePlan(layout, quickest_call(loaded.processor, template, conversations, plain, pixels))
 
 
 def probe_conversations(loaded: LoadedProcessor) -> list[list[dict]]:
@@ -92,27 +93,31 @@ def _probe_outputs(loaded: LoadedProcessor, template: str, conversations: list[l
         raise FatalError(f"The processor of {loaded.name!r} cannot tokenize a simple image conversation: {error}") from None
 
 
-def quickest_call(processor, template: str, conversations: list[list[dict]], plain: list[dict], codecs: dict) -> ProcessorCall:
+def quickest_call(
+    processor, template: str, conversations: list[list[dict]], plain: list[dict], pixels: dict[str, PixelStorage]
+) -> ProcessorCall:
     """The quickest call that reproduces `plain` (the plain call's outputs for `conversations`).
 
     Args:
-        codecs: the `PixelCodec` of each output stored as codes, by name; without one, pixels stay floats.
+        pixels: how each output stored as codes is stored, by name; without one, pixels stay floats.
     """
-    # Quickest first: pixels as codes before floats, then vectorised masks before transformers' loop, then lists
-    # before numpy arrays, then images as arrays before PIL images.
-    stored_codes = tuple(codecs)
+    # Quickest first: pixels as codes (folded before not) before floats, then vectorised masks before
+    # transformers' loop, then lists before numpy arrays, then images as arrays before PIL images.
+    stored_codes = tuple(pixels)
     if stored_codes and _videos_among_other_pixels(conversations, plain):
         # InternVL puts video frames among the image tiles of pixel_values: the frames must come as codes too.
         stored_codes += (VIDEO_PIXELS,)
-    pixel_choices = [stored_codes, ()] if codecs else [()]
-    candidates = [ProcessorCall(tensors, codes, masks, arrays) for codes in pixel_choices for masks in (True, False)
-                  for tensors in (None, "np") for arrays in (True, False)]
+    folded = tuple(name for name, storage in pixels.items() if storage.folded)
+    pixel_choices = [(stored_codes, folded)] * bool(folded) + [(stored_codes, ())] * bool(pixels) + [((), ())]
+    candidates = [ProcessorCall(tensors, codes, masks, arrays, folds) for codes, folds in pixel_choices
+                  for masks in (True, False) for tensors in (None, "np") for arrays in (True, False)]
     # A processor that works on its outputs as torch tensors (InternVL slices and joins its pixels) takes only "pt".
-    candidates += [ProcessorCall("pt", codes, True, arrays) for codes in pixel_choices for arrays in (True, False)]
-    if codecs:
+    candidates += [ProcessorCall("pt", codes, True, arrays, folds) for codes, folds in pixel_choices
+                   for arrays in (True, False)]
+    if pixels:
         candidates.append(ProcessorCall("pt", stored_codes))
     for call in candidates:
-        if _reproduces(call, processor, template, conversations, plain, codecs):
+        if _reproduces(call, processor, template, conversations, plain, pixels):
             return call
     return PLAIN_CALL
 
@@ -124,7 +129,7 @@ def _videos_among_other_pixels(conversations: list[list[dict]], plain: list[dict
     return has_videos and not any(VIDEO_PIXELS in outputs for outputs in plain)
 
 
-def _reproduces(call: ProcessorCall, processor, template, conversations, plain, codecs) -> bool:
+def _reproduces(call: ProcessorCall, processor, template, conversations, plain, pixels) -> bool:
     for messages, expected in zip(conversations, plain):
         try:
             outputs = call.apply(processor, messages, template)
@@ -135,11 +140,20 @@ def _reproduces(call: ProcessorCall, processor, template, conversations, plain, 
         for name, tensor in expected.items():
             got = outputs[name]
             if name in call.pixel_codes:
-                if got.dtype != torch.uint8 or not _bit_equal(codecs[name].decode(got.numpy()), tensor.float().numpy()):
+                if got.dtype != torch.uint8 or not _bit_equal(_decoded(got, pixels[name], name in call.folded),
+                                                              tensor.float().numpy()):
                     return False
             elif not _same(got, tensor):
                 return False
     return True
+
+
+def _decoded(codes: torch.Tensor, storage: PixelStorage, folded: bool) -> np.ndarray:
+    """The floats that `codes` stand for, as the processor returns them."""
+    codes = codes.numpy()
+    if folded:
+        codes = repeat_frames(codes.reshape(len(codes), -1), storage.frame_channels, storage.repeated_frames)
+    return storage.codec.decode(codes)
 
 
 def _same(got, expected) -> bool:

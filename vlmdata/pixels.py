@@ -302,19 +302,20 @@ class PixelStorage:
         """The columns beside the codes of a row without this tensor."""
         return {name + ZEROS_SUFFIX: np.zeros(0, np.int64), name + FLOAT_SUFFIX: np.zeros(0, np.float32)}
 
-    def encode(self, name: str, values: np.ndarray, no_codes: np.ndarray) -> dict[str, np.ndarray]:
+    def encode(self, name: str, values: np.ndarray, no_codes: np.ndarray, folded: bool = False) -> dict[str, np.ndarray]:
         """A row's pixel columns: its codes in the processor's shape (one frame per patch where folded), or
         `no_codes` in their place for a row kept as float32.
 
         Args:
             values: the processor's float32 pixels, or its uint8 pixels (asked for unnormalised: they are the codes).
             no_codes: the codes column of a row that has none.
+            folded: `values` are uint8 codes with one frame per patch already.
         """
         if values.dtype == np.uint8:
             encoded = values, np.zeros((0, 2), np.int64)
         else:
             encoded = self.codec.encode(values)
-        if encoded is not None and self.folded:
+        if encoded is not None and self.folded and not folded:
             encoded = self._fold(*encoded)
         if encoded is None:  # not reproducible from codes (or frames that differ): this row keeps its float32 values
             floats = self.codec.decode(values) if values.dtype == np.uint8 else values  # the processor's floats

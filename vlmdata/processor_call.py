@@ -8,8 +8,12 @@ spends much of its time on work that changes nothing in what is stored (bench/no
   tensors at all, it hands over its lists, which numpy and torch convert in C.
 - the image processor rescales and normalises its resized uint8 pixels into floats, which `PixelCodec` then
   turns back into uint8 codes; asking it not to rescale or normalise hands over the codes directly.
-- handed a PIL image, the processor converts it to RGB and then to an array, two copies of every pixel; RGB
-  images handed over as arrays skip both (`prepare` makes them on tokenize's decoding thread).
+- handed a PIL image, the processor converts it to RGB, then to an array, then moves its channels first, three
+  copies of every pixel; RGB images handed over as channels-first arrays skip all three (`prepare` makes them
+  on tokenize's decoding thread, off the processor's path).
+- Qwen2-VL's image processor repeats every still image `temporal_patch_size` times inside each patch, and
+  `PixelStorage` keeps one of the repeats; asked for a `temporal_patch_size` of 1, it hands over the patches
+  `PixelStorage` stores, without writing the repeats first (`folded`).
 - video pixels are asked for as uint8 codes the same way, through `videos_kwargs`, where the frames' metadata
   (carried by each video part, see `vlmdata.modalities.video.video_part`) goes as well.
 - even on numpy arrays, the assistant mask is found by a Python loop over every token for every reply;
@@ -44,13 +48,16 @@ class ProcessorCall:
         pixel_codes: the outputs asked for as the resized uint8 pixels, neither rescaled nor normalised: they
             are the stored codes.
         vectorised_masks: the assistant masks come from `_assistant_masks` rather than transformers' loop.
-        image_arrays: RGB images are handed over as `[height, width, 3]` uint8 arrays (see `prepare`).
+        image_arrays: RGB images are handed over as `[3, height, width]` uint8 arrays (see `prepare`).
+        folded: the outputs asked for with one frame per patch (still images, `temporal_patch_size` 1): they
+            come as `PixelStorage` stores them, folded.
     """
 
     return_tensors: str | None = "pt"
     pixel_codes: tuple[str, ...] = ()
     vectorised_masks: bool = False
     image_arrays: bool = False
+    folded: tuple[str, ...] = ()
 
     def prepare(self, messages: list[dict]) -> list[dict]:
         """The messages as this call hands them to the processor: with `image_arrays`, each RGB image as an
@@ -100,8 +107,10 @@ class ProcessorCall:
         # A new dict on every call: transformers adds its own keys to the one it is given.
         kwargs = {}
         images = {"do_rescale": False, "do_normalize": False} if set(self.pixel_codes) - {VIDEO_PIXELS} else {}
-        if self.image_arrays:  # never guessed from the shape: a 3-pixel-high image would look channels-first
-            images["input_data_format"] = "channels_last"
+        if self.image_arrays:  # never guessed from the shape: a 3-pixel-wide image would look channels-last
+            images["input_data_format"] = "channels_first"
+        if self.folded:
+            images["temporal_patch_size"] = 1
         if images:
             kwargs["images_kwargs"] = images
         if video_metadata:
@@ -139,7 +148,8 @@ def _video_metadata(messages: list[dict]) -> tuple[list[dict], list]:
 def _as_array(part: dict) -> dict:
     image = part.get("image") if part.get("type") == "image" else None
     if isinstance(image, Image.Image) and image.mode == "RGB":
-        return {**part, "image": np.array(image)}  # a writable copy: torch warns about read-only arrays
+        # A writable (torch warns about read-only arrays) contiguous copy, so the processor copies nothing.
+        return {**part, "image": np.asarray(image).transpose(2, 0, 1).copy()}
     return part
 
 

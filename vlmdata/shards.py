@@ -58,8 +58,13 @@ __all__ = [
 INT32 = np.iinfo(np.int32)
 
 
-def encode_tensors(outputs: dict[str, torch.Tensor], layout: TensorLayout) -> dict[str, np.ndarray]:
+def encode_tensors(
+    outputs: dict[str, torch.Tensor], layout: TensorLayout, folded: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
     """A row's processor outputs (batch of one, already truncated) -> its stored columns as numpy arrays.
+
+    `folded` names the pixel outputs the processor returned with one frame per patch already (see
+    `vlmdata.processor_call.ProcessorCall.folded`).
 
     Raises:
         RowError: the processor returned a tensor the layout does not know, or one that does not fit it.
@@ -71,16 +76,17 @@ def encode_tensors(outputs: dict[str, torch.Tensor], layout: TensorLayout) -> di
     columns = {}
     for spec in layout.tensors:
         tensor = outputs.get(spec.name)
-        columns.update(_empty(spec) if tensor is None else _encode(tensor, spec))
+        columns.update(_empty(spec) if tensor is None else _encode(tensor, spec, spec.name in folded))
     return columns
 
 
-def _encode(tensor: torch.Tensor, spec: TensorSpec) -> dict[str, np.ndarray]:
+def _encode(tensor: torch.Tensor, spec: TensorSpec, folded: bool = False) -> dict[str, np.ndarray]:
     array = _to_numpy(tensor[0] if spec.per_token else tensor, spec)
-    if spec.storage is Storage.ARRAY and tuple(array.shape[1:]) != spec.tail:  # the processor's shape, before folding
-        raise RowError(f"{spec.name} has shape {list(array.shape)}, expected [*, {', '.join(map(str, spec.tail))}]")
+    tail = spec.stored_tail if folded else spec.tail  # the processor's shape, before folding
+    if spec.storage is Storage.ARRAY and tuple(array.shape[1:]) != tail:
+        raise RowError(f"{spec.name} has shape {list(array.shape)}, expected [*, {', '.join(map(str, tail))}]")
     if spec.pixels is not None:
-        columns = spec.pixels.encode(spec.name, array, no_codes=_empty_values(spec))
+        columns = spec.pixels.encode(spec.name, array, no_codes=_empty_values(spec), folded=folded)
     else:
         columns = {spec.name: array}
     if spec.storage is Storage.FLAT:

@@ -328,7 +328,7 @@ def tokenize_row(
     outputs = call.apply(loaded.processor, messages, options.template, options.template_date)
     assistant_turns = sum(message["role"] == "assistant" for message in messages)
     columns = _token_columns(outputs, loaded, options, assistant_turns, layout)
-    columns.update(encode_tensors(outputs, layout))
+    columns.update(encode_tensors(outputs, layout, call.folded))
     return columns
 
 
