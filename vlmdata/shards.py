@@ -44,8 +44,8 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import torch
-from datasets.arrow_writer import TypedSequence
 
+from vlmdata.arrow_columns import column
 from vlmdata.errors import RowError
 from vlmdata.folders import METADATA_FILE
 from vlmdata.tensor_spec import NOT_STORED, Storage, TensorLayout, TensorSpec, probe_layout
@@ -126,8 +126,9 @@ def _empty_values(spec: TensorSpec) -> np.ndarray:
 
 def rows_to_table(rows: list[dict[str, Any]], features: datasets.Features) -> pa.Table:
     """Builds an Arrow table from rows of numpy arrays without going through Python lists."""
-    arrays = [pa.array(TypedSequence([row[name] for row in rows], type=feature)) for name, feature in features.items()]
-    return pa.Table.from_arrays(arrays, schema=features.arrow_schema)
+    schema = features.arrow_schema
+    arrays = [column([row[name] for row in rows], feature, schema.field(name).type) for name, feature in features.items()]
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def read_layout(folder: str | Path) -> TensorLayout:
