@@ -82,7 +82,7 @@ def encode_tensors(
 
 def _encode(tensor: torch.Tensor, spec: TensorSpec, folded: bool = False) -> dict[str, np.ndarray]:
     array = _to_numpy(tensor[0] if spec.per_token else tensor, spec)
-    tail = spec.stored_tail if folded else spec.tail  # the processor's shape, before folding
+    tail = spec.stored_tail if folded else spec.tail  # the shape the processor returns, folded already or not
     if spec.storage is Storage.ARRAY and tuple(array.shape[1:]) != tail:
         raise RowError(f"{spec.name} has shape {list(array.shape)}, expected [*, {', '.join(map(str, tail))}]")
     if spec.pixels is not None:
