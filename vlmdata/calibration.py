@@ -18,7 +18,7 @@ from PIL import Image
 from vlmdata.errors import FatalError, RowError
 from vlmdata.modalities.video import video_part
 from vlmdata.models.loading import LoadedProcessor
-from vlmdata.pixels import PixelStorage, repeat_frames
+from vlmdata.pixels import PixelStorage
 from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
 from vlmdata.shards import TensorLayout, probe_layout
 from vlmdata.tensor_spec import VIDEO_PIXELS
@@ -108,7 +108,7 @@ def quickest_call(
         # InternVL puts video frames among the image tiles of pixel_values: the frames must come as codes too.
         stored_codes += (VIDEO_PIXELS,)
     folded = tuple(name for name, storage in pixels.items() if storage.folded)
-    pixel_choices = [(stored_codes, folded)] * bool(folded) + [(stored_codes, ())] * bool(pixels) + [((), ())]
+    pixel_choices = ([(stored_codes, folded)] if folded else []) + ([(stored_codes, ())] if pixels else []) + [((), ())]
     candidates = [ProcessorCall(tensors, codes, masks, arrays, folds) for codes, folds in pixel_choices
                   for masks in (True, False) for tensors in (None, "np") for arrays in (True, False)]
     # A processor that works on its outputs as torch tensors (InternVL slices and joins its pixels) takes only "pt".
@@ -149,11 +149,8 @@ def _reproduces(call: ProcessorCall, processor, template, conversations, plain, 
 
 
 def _decoded(codes: torch.Tensor, storage: PixelStorage, folded: bool) -> np.ndarray:
-    """The floats that `codes` stand for, as the processor returns them."""
-    codes = codes.numpy()
-    if folded:
-        codes = repeat_frames(codes.reshape(len(codes), -1), storage.frame_channels, storage.repeated_frames)
-    return storage.codec.decode(codes)
+    """The floats that `codes` stand for, as the processor returns them: folded codes as the shards rebuild them."""
+    return storage.decode_tensor(codes).float().numpy() if folded else storage.codec.decode(codes.numpy())
 
 
 def _same(got, expected) -> bool:
