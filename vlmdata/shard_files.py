@@ -10,6 +10,8 @@ import datasets
 import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
+from vlmdata.direct_file import open_for_writing
+
 DEFAULT_MAX_SHARD_BYTES = 500 * 1024 * 1024
 
 
@@ -26,6 +28,7 @@ class ShardFiles:
         self.folder, self.stem, self.features, self.max_bytes = str(folder), stem, features, max_bytes
         self.paths: list[str] = []
         self._writer: ArrowWriter | None = None
+        self._local_file = None  # the file a local path is written through (fsspec opens a URL's)
         self._bytes = 0
 
     def write_table(self, table: pa.Table) -> None:
@@ -34,7 +37,11 @@ class ShardFiles:
         if self._writer is None:
             path = join(self.folder, f"{self.stem}-{len(self.paths):03d}.arrow")
             self.paths.append(path)
-            self._writer = ArrowWriter(features=self.features, path=path)
+            if "://" in path:
+                self._writer = ArrowWriter(features=self.features, path=path)
+            else:
+                self._local_file = open_for_writing(path)
+                self._writer = ArrowWriter(features=self.features, stream=self._local_file)
             self._bytes = 0
         self._writer.write_table(table)
         self._bytes += table.nbytes
@@ -51,6 +58,9 @@ class ShardFiles:
             self._writer.finalize()
             self._writer.close()
             self._writer = None
+        if self._local_file is not None:
+            self._local_file.close()
+            self._local_file = None
 
 
 class ShardSequence:
