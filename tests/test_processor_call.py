@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import BatchFeature
 
 from tests.test_tokenize import processor_messages
 from tests.tokenize_fixtures import FAMILIES, tiny_model
@@ -17,7 +18,7 @@ from vlmdata.convert import convert
 from vlmdata.errors import RowError
 from vlmdata.models.loading import load_processor
 from vlmdata.models.registry import get_family, load_template
-from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
+from vlmdata.processor_call import PLAIN_CALL, ProcessorCall, _to_torch, channels_first
 from vlmdata.shards import load_shards, model_inputs, read_layout
 from vlmdata.tokenize import tokenize
 
@@ -170,3 +171,27 @@ def test_images_handed_over_as_arrays_give_the_plain_call_tensors(size, mode):
     plain, quick = PLAIN_CALL.apply(loaded.processor, messages, template), call.apply(loaded.processor, messages, template)
     for name in plain:
         assert quick[name].dtype == plain[name].dtype and torch.equal(quick[name], plain[name]), (size, mode, name)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (3, 40), (768, 576), (2100, 2100)],
+                         ids=["one pixel", "three wide", "photo", "beyond Pillow's block"])
+def test_channels_first_arrays_hold_the_pixels_of_the_image(size):
+    pixels = np.random.default_rng(size[0]).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    # The quick path exports Pillow's memory; an image in several of Pillow's blocks exports nothing and is
+    # copied the ordinary way.
+    assert hasattr(image, "__arrow_c_array__")
+    array = channels_first(image)
+    assert array.flags.writeable and array.flags.c_contiguous
+    np.testing.assert_array_equal(array, pixels.transpose(2, 0, 1))
+
+
+def test_lists_become_the_tensors_transformers_makes_of_them():
+    lists = {"input_ids": [[151644, 8948, 2, 0]], "attention_mask": [[1, 1, 1, 0]], "flags": [[True, False]],
+             "scores": [[0.5, 1.25]], "image_grid_thw": torch.tensor([[1, 4, 6]])}
+    ours, theirs = BatchFeature(dict(lists)), BatchFeature(dict(lists))
+    _to_torch(ours)
+    theirs.convert_to_tensors("pt")
+    assert set(ours) == set(theirs)
+    for name in theirs:
+        assert ours[name].dtype == theirs[name].dtype and torch.equal(ours[name], theirs[name]), name
