@@ -4,7 +4,8 @@ A buffered write copies every byte into page-cache pages the kernel must first f
 (a Gemma 3 image is 2.4 MB of pixel codes) and are written once, so on machines where fresh pages are costly
 (virtual machines whose host backs guest memory lazily) those copies took more CPU than tokenizing the rows
 (bench/notes.md). Written directly, the bytes go from one reused, aligned staging buffer to the disk; the
-writing thread then waits on the disk instead of using a core.
+writing thread then waits on the disk instead of using a core. A run waits for the disk either way: the
+commit syncs every file before the output is renamed into place.
 
 The file's bytes are the same either way. Where the file system refuses `O_DIRECT` (or the platform lacks it),
 `open_for_writing` returns an ordinary buffered file.
@@ -13,7 +14,6 @@ The file's bytes are the same either way. Where the file system refuses `O_DIREC
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
 import threading
@@ -105,6 +105,8 @@ class DirectFile:
         self.close()
 
     def _write_staged(self, size: int) -> None:
+        import fcntl  # only where O_DIRECT exists (Linux), like this class
+
         written = 0
         while written < size:
             try:
