@@ -98,6 +98,10 @@ class DirectFile:
                 _free_buffers.append(self._buffer)
             os.close(self._fd)
 
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):  # abandoned after an error: its descriptor, as io files do
+            os.close(self._fd)
+
     def __enter__(self) -> "DirectFile":
         return self
 

@@ -9,9 +9,8 @@ spends much of its time on work that changes nothing in what is stored (bench/no
 - the image processor rescales and normalises its resized uint8 pixels into floats, which `PixelCodec` then
   turns back into uint8 codes; asking it not to rescale or normalise hands over the codes directly.
 - handed a PIL image, the processor converts it to RGB, then to an array, then moves its channels first, three
-  copies of every pixel; RGB images handed over as channels-first arrays skip all three (tokenize's decoding
-  thread makes them, off the processor's path, JPEGs straight from their bytes: see
-  `vlmdata.modalities.image.decode_stored_array`).
+  copies of every pixel; RGB images handed over as channels-first arrays skip all three (`channels_first` makes
+  them from Pillow's own memory, on tokenize's decoding thread, off the processor's path).
 - Qwen2-VL's image processor repeats every still image `temporal_patch_size` times inside each patch, and
   `PixelStorage` keeps one of the repeats; asked for a `temporal_patch_size` of 1, it hands over the patches
   `PixelStorage` stores, without writing the repeats first (`folded`).
@@ -149,8 +148,8 @@ def _video_metadata(messages: list[dict]) -> tuple[list[dict], list]:
 
 
 def _to_torch(outputs) -> None:
-    """`outputs.convert_to_tensors("pt")`, in place, with lists of integers converted by numpy: `torch.tensor`
-    reads a Python list one element at a time, five times slower for a row's token ids."""
+    """`outputs.convert_to_tensors("pt")`, in place, with lists of integers converted by numpy, much quicker than
+    `torch.tensor`, which reads a Python list one element at a time."""
     for name, value in outputs.items():
         if isinstance(value, list) and value and isinstance(value[0], list):
             try:
@@ -202,7 +201,7 @@ def _assistant_masks(processor, processed: dict, generation_indices: list[list[t
         replacements = [[]] * len(processed["input_ids"])
     masks = []
     for row_offsets, row_replacements, spans in zip(offsets, replacements, generation_indices):
-        # From the flattened pairs: twice as quick as numpy reading a list of pairs.
+        # Read flattened: numpy reads a list of pairs more slowly.
         token_spans = np.fromiter(itertools.chain.from_iterable(row_offsets), np.int64, 2 * len(row_offsets)).reshape(-1, 2)
         placeholder_ends = [replacement["span"][1] for replacement in row_replacements]
         gained = [0] + [replacement["new_span"][1] - replacement["span"][1] for replacement in row_replacements]
