@@ -81,9 +81,6 @@ class DirectFile:
     def writable(self) -> bool:
         return True
 
-    def fileno(self) -> int:
-        return self._fd
-
     def close(self) -> None:
         if self.closed:
             return
@@ -116,8 +113,9 @@ class DirectFile:
             try:
                 written += os.write(self._fd, self._view[written:size])
             except OSError as error:
-                if error.errno != errno.EINVAL or not fcntl.fcntl(self._fd, fcntl.F_GETFL) & os.O_DIRECT:
+                flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+                if error.errno != errno.EINVAL or not flags & os.O_DIRECT:
                     raise
-                fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+                fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~os.O_DIRECT)
         self._filled = 0
 

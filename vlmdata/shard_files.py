@@ -7,6 +7,7 @@ wrote them.
 from __future__ import annotations
 
 import datasets
+import fsspec
 import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
@@ -28,7 +29,7 @@ class ShardFiles:
         self.folder, self.stem, self.features, self.max_bytes = str(folder), stem, features, max_bytes
         self.paths: list[str] = []
         self._writer: ArrowWriter | None = None
-        self._local_file = None  # the file a local path is written through (fsspec opens a URL's)
+        self._file = None  # what the writer writes through, opened and closed here
         self._bytes = 0
 
     def write_table(self, table: pa.Table) -> None:
@@ -37,11 +38,9 @@ class ShardFiles:
         if self._writer is None:
             path = join(self.folder, f"{self.stem}-{len(self.paths):03d}.arrow")
             self.paths.append(path)
-            if "://" in path:
-                self._writer = ArrowWriter(features=self.features, path=path)
-            else:
-                self._local_file = open_for_writing(path)
-                self._writer = ArrowWriter(features=self.features, stream=self._local_file)
+            # A URL through fsspec, as ArrowWriter would open it; a local path around the page cache.
+            self._file = fsspec.open(path, "wb").open() if "://" in path else open_for_writing(path)
+            self._writer = ArrowWriter(features=self.features, stream=self._file)
             self._bytes = 0
         self._writer.write_table(table)
         self._bytes += table.nbytes
@@ -57,10 +56,8 @@ class ShardFiles:
         if self._writer is not None:
             self._writer.finalize()
             self._writer.close()
-            self._writer = None
-        if self._local_file is not None:
-            self._local_file.close()
-            self._local_file = None
+            self._file.close()
+            self._writer = self._file = None
 
 
 class ShardSequence:
