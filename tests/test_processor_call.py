@@ -18,7 +18,8 @@ from vlmdata.convert import convert
 from vlmdata.errors import RowError
 from vlmdata.models.loading import load_processor
 from vlmdata.models.registry import get_family, load_template
-from vlmdata.processor_call import PLAIN_CALL, ProcessorCall, _to_torch, channels_first
+from vlmdata.pillow_pixels import channels_first
+from vlmdata.processor_call import PLAIN_CALL, ProcessorCall, _to_torch
 from vlmdata.shards import load_shards, model_inputs, read_layout
 from vlmdata.tokenize import tokenize
 
@@ -38,6 +39,8 @@ TAKES_ONLY_TORCH = {"internvl"}
 # The Qwen image processors repeat each still image twice per patch unless asked for one frame. GLM-4.1V's
 # repeats too, but its resize budgets pixels by the repeats: asked for one frame, it resizes differently.
 FOLDS_WHEN_ASKED = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_5"}
+# The Qwen image processors and Gemma 3's resize first, from the image alone (see vlmdata/resize_ahead.py).
+RESIZES_AHEAD = FOLDS_WHEN_ASKED | {"gemma3"}
 
 
 def photo(path: Path, width: int, height: int, seed: int) -> str:
@@ -86,6 +89,8 @@ def test_every_family_gets_its_quick_call_and_the_same_tensors(photos_dir, tmp_p
             codes.append("pixel_values_videos")
         assert call["pixel_codes"] == codes, alias
         assert call["folded"] == (["pixel_values"] if alias in FOLDS_WHEN_ASKED else []), alias
+        assert (call["resize_ahead"] is not None) == (alias in RESIZES_AHEAD), alias
+        assert call["numpy_patches"] == (alias in FOLDS_WHEN_ASKED), alias  # Qwen2-VL's patchify
 
         loaded = load_processor(str(tiny_model(alias)))
         template = load_template(loaded.family.template_name)
@@ -163,7 +168,7 @@ def test_images_handed_over_as_arrays_give_the_plain_call_tensors(size, mode):
     messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Hi"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "Hello."}]}]
     call = ProcessorCall(image_arrays=True)
-    handed = call.prepare(messages)[0]["content"][0]["image"]
+    handed = call.prepare(messages, loaded.processor)[0]["content"][0]["image"]
     # Only RGB images become arrays; any other mode keeps the processor's own conversion of its PIL image.
     assert isinstance(handed, np.ndarray) == (mode == "RGB")
     if mode == "RGB":

@@ -20,6 +20,8 @@ from vlmdata.modalities.video import video_part
 from vlmdata.models.loading import LoadedProcessor
 from vlmdata.pixels import PixelStorage
 from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
+from vlmdata.patches import patchifies_like_qwen2_vl
+from vlmdata.resize_ahead import resize_ahead_settings
 from vlmdata.shards import TensorLayout, probe_layout
 from vlmdata.tensor_spec import VIDEO_PIXELS
 
@@ -109,11 +111,17 @@ def quickest_call(
         stored_codes += (VIDEO_PIXELS,)
     folded = tuple(name for name, storage in pixels.items() if storage.folded)
     pixel_choices = ([(stored_codes, folded)] if folded else []) + ([(stored_codes, ())] if pixels else []) + [((), ())]
-    candidates = [ProcessorCall(tensors, codes, masks, arrays, folds) for codes, folds in pixel_choices
-                  for masks in (True, False) for tensors in (None, "np") for arrays in (True, False)]
+    # Images as arrays, resized ahead and patchified by numpy where this processor's resize and patchify are
+    # known, before as arrays alone, before as PIL images.
+    resize = resize_ahead_settings(processor)
+    by_numpy = patchifies_like_qwen2_vl(getattr(processor, "image_processor", None))
+    image_choices = [(True, resize, by_numpy)] if resize is not None or by_numpy else []
+    image_choices += [(True, None, False), (False, None, False)]
+    candidates = [ProcessorCall(tensors, codes, masks, arrays, folds, ahead, patches) for codes, folds in pixel_choices
+                  for masks in (True, False) for tensors in (None, "np") for arrays, ahead, patches in image_choices]
     # A processor that works on its outputs as torch tensors (InternVL slices and joins its pixels) takes only "pt".
-    candidates += [ProcessorCall("pt", codes, True, arrays, folds) for codes, folds in pixel_choices
-                   for arrays in (True, False)]
+    candidates += [ProcessorCall("pt", codes, True, arrays, folds, ahead, patches) for codes, folds in pixel_choices
+                   for arrays, ahead, patches in image_choices]
     if pixels:
         candidates.append(ProcessorCall("pt", stored_codes))
     for call in candidates:

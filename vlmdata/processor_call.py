@@ -11,6 +11,10 @@ spends much of its time on work that changes nothing in what is stored (bench/no
 - handed a PIL image, the processor converts it to RGB, then to an array, then moves its channels first, three
   copies of every pixel; RGB images handed over as channels-first arrays skip all three (`channels_first` makes
   them from Pillow's own memory, on tokenize's decoding thread, off the processor's path).
+- the processor's resize copies channels-first pixels into the layout torch's kernels resize, and back; where
+  `vlmdata.resize_ahead` knows the resize, RGB images are resized on the decoding thread from Pillow's memory,
+  and the processor is told not to resize them (`resize_ahead`).
+- torch makes Qwen2-VL's patchify copy of uint8 pixels at half numpy's speed (`numpy_patches`).
 - Qwen2-VL's image processor repeats every still image `temporal_patch_size` times inside each patch, and
   `PixelStorage` keeps one of the repeats; asked for a `temporal_patch_size` of 1, it hands over the patches
   `PixelStorage` stores, without writing the repeats first (`folded`).
@@ -25,18 +29,21 @@ spends much of its time on work that changes nothing in what is stored (bench/no
 from __future__ import annotations
 
 import bisect
+import contextlib
 import functools
 import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 import torch
 from PIL import Image
 
 from vlmdata.errors import RowError
 from vlmdata.modalities.video import METADATA_KEY
 from vlmdata.models.registry import DEFAULT_TEMPLATE_DATE
+from vlmdata.patches import numpy_patches
+from vlmdata.pillow_pixels import channels_first
+from vlmdata.resize_ahead import ResizeAhead, resized_channels_first
 from vlmdata.tensor_spec import VIDEO_PIXELS
 
 
@@ -53,6 +60,8 @@ class ProcessorCall:
         image_arrays: RGB images are handed over as `[3, height, width]` uint8 arrays (see `prepare`).
         folded: the outputs asked for with one frame per patch (still images, `temporal_patch_size` 1): they
             come as `PixelStorage` stores them, folded.
+        resize_ahead: with `image_arrays`, the settings RGB images are resized ahead with (see `prepare`).
+        numpy_patches: the image processor's patchify made by numpy (`vlmdata.patches`).
     """
 
     return_tensors: str | None = "pt"
@@ -60,14 +69,25 @@ class ProcessorCall:
     vectorised_masks: bool = False
     image_arrays: bool = False
     folded: tuple[str, ...] = ()
+    resize_ahead: ResizeAhead | None = None
+    numpy_patches: bool = False
 
-    def prepare(self, messages: list[dict]) -> list[dict]:
+    def prepare(self, messages: list[dict], processor) -> list[dict]:
         """The messages as this call hands them to the processor: with `image_arrays`, each RGB image as an
-        array (other modes keep their PIL image, whose conversion to RGB is the processor's). Prepared messages
+        array (other modes keep their PIL image, whose conversion to RGB is the processor's). With
+        `resize_ahead`, and when every image of the row is RGB, each is resized as a `[3, height, width]`
+        tensor; a row with any other image leaves all its images to the processor's resize. Prepared messages
         are returned as they are."""
         if not self.image_arrays:
             return messages
-        return [{**message, "content": [_as_array(part) for part in message["content"]]} for message in messages]
+        images = _images(messages)
+        if self.resize_ahead is not None and images and all(_rgb(image) for image in images):
+            try:
+                return _converted(messages, functools.partial(resized_channels_first, processor.image_processor,
+                                                              self.resize_ahead))
+            except Exception:  # an image the resize refuses (too narrow...): the processor's own call says why
+                pass
+        return _converted(messages, channels_first)
 
     def apply(self, processor, messages: list[dict], template: str, date: str = DEFAULT_TEMPLATE_DATE) -> dict[str, torch.Tensor]:
         """The processor's outputs for one conversation, as torch tensors with a batch dimension of one.
@@ -77,21 +97,24 @@ class ProcessorCall:
         Raises:
             RowError: the processor or the template failed on this conversation.
         """
-        messages, video_metadata = _video_metadata(self.prepare(messages))
+        messages, video_metadata = _video_metadata(self.prepare(messages, processor))
+        resized = self.resize_ahead is not None and _resized_ahead(messages)
         if self.vectorised_masks:  # on this processor object only, for this call only
             processor._adjust_assistant_masks_indices = functools.partial(_assistant_masks, processor)
+        patches = numpy_patches(processor.image_processor) if self.numpy_patches else contextlib.nullcontext()
         try:
-            outputs = processor.apply_chat_template(
-                messages,
-                chat_template=template,
-                tokenize=True,
-                return_dict=True,
-                return_assistant_tokens_mask=True,
-                return_tensors=self.return_tensors,
-                processor_kwargs=self._processor_kwargs(processor, video_metadata),
-                # Only to a template that reads it: transformers hands any other keyword to the processor.
-                **({"date_string": date} if "date_string" in template else {}),
-            )
+            with patches:
+                outputs = processor.apply_chat_template(
+                    messages,
+                    chat_template=template,
+                    tokenize=True,
+                    return_dict=True,
+                    return_assistant_tokens_mask=True,
+                    return_tensors=self.return_tensors,
+                    processor_kwargs=self._processor_kwargs(processor, video_metadata, resized),
+                    # Only to a template that reads it: transformers hands any other keyword to the processor.
+                    **({"date_string": date} if "date_string" in template else {}),
+                )
             if self.return_tensors != "pt":
                 _to_torch(outputs)
         except Exception as error:  # a template exception, a bad image size...: the row's fault, not the run's
@@ -105,12 +128,14 @@ class ProcessorCall:
                 raise RowError(f"the processor returned {name} as {outputs[name].dtype}, not as unnormalised uint8 pixels")
         return outputs
 
-    def _processor_kwargs(self, processor, video_metadata: list) -> dict:
+    def _processor_kwargs(self, processor, video_metadata: list, resized_ahead: bool) -> dict:
         # A new dict on every call: transformers adds its own keys to the one it is given.
         kwargs = {}
         images = {"do_rescale": False, "do_normalize": False} if set(self.pixel_codes) - {VIDEO_PIXELS} else {}
         if self.image_arrays:  # never guessed from the shape: a 3-pixel-wide image would look channels-last
             images["input_data_format"] = "channels_first"
+        if resized_ahead:
+            images["do_resize"] = False
         if self.folded:
             images["temporal_patch_size"] = 1
         if images:
@@ -161,32 +186,28 @@ def _to_torch(outputs) -> None:
     outputs.convert_to_tensors("pt")
 
 
-def _as_array(part: dict) -> dict:
-    image = part.get("image") if part.get("type") == "image" else None
-    if isinstance(image, Image.Image) and image.mode == "RGB":
-        return {**part, "image": channels_first(image)}
-    return part
+def _rgb(image) -> bool:
+    return isinstance(image, Image.Image) and image.mode == "RGB"
 
 
-def channels_first(image: Image.Image) -> np.ndarray:
-    """An RGB image's pixels as a contiguous, writable `[3, height, width]` uint8 array: contiguous, so that the
-    processor copies nothing; writable, since torch warns about read-only arrays."""
-    # Pillow's own memory, where an RGB pixel takes 4 bytes, exported without a copy, then copied once with the
-    # channels moved first; np.asarray would first copy every pixel into a bytes object. Pillow before 11.2
-    # exports nothing, nor an image larger than its allocator's block.
-    if hasattr(image, "__arrow_c_array__"):
-        try:
-            exported = pa.array(image)
-        except ValueError:
-            exported = None
-        if exported is not None and _rgbx(exported.type):
-            pixels = exported.values.to_numpy(zero_copy_only=True).reshape(image.height, image.width, 4)
-            return pixels[:, :, :3].transpose(2, 0, 1).copy()
-    return np.asarray(image).transpose(2, 0, 1).copy()
+def _converted(messages: list[dict], convert) -> list[dict]:
+    """The messages with `convert` applied to each RGB image."""
+    def part_converted(part: dict) -> dict:
+        image = part.get("image") if part.get("type") == "image" else None
+        return {**part, "image": convert(image)} if _rgb(image) else part
+
+    return [{**message, "content": [part_converted(part) for part in message["content"]]} for message in messages]
 
 
-def _rgbx(arrow_type: pa.DataType) -> bool:
-    return pa.types.is_fixed_size_list(arrow_type) and arrow_type.list_size == 4 and arrow_type.value_type == pa.uint8()
+def _resized_ahead(messages: list[dict]) -> bool:
+    """Whether `prepare` resized the row's images: then each is a tensor (an image not resized is an array or
+    a PIL image)."""
+    images = _images(messages)
+    return bool(images) and all(isinstance(image, torch.Tensor) for image in images)
+
+
+def _images(messages: list[dict]) -> list:
+    return [part.get("image") for message in messages for part in message["content"] if part.get("type") == "image"]
 
 
 def _assistant_masks(processor, processed: dict, generation_indices: list[list[tuple[int, int]]]) -> dict:

@@ -241,7 +241,8 @@ class TokenizeWorker(BatchWorker[dict, LoadedProcessor]):
         return rows_to_table(rows, self.features)
 
     def process(self, batch: "RowRange", loaded: LoadedProcessor) -> list[WrittenRow | Reject]:
-        # The next row's images are decoded on another core (Pillow decodes outside the GIL) while this row is tokenized.
+        # The next row's images are decoded (and resized, where the call resizes ahead) on another core, Pillow and
+        # torch working outside the GIL, while this row is tokenized.
         decode = functools.partial(_decoded_messages, loaded=loaded, call=self.call,
                                    video_as_images=self.options.video_as_images)
         return [self._row(row, decoding, loaded) for row, decoding in computed_ahead(decode, batch.rows())]
@@ -313,7 +314,7 @@ def _decoded_messages(
     if isinstance(row, RawRow):
         return None
     messages, counts = processor_messages(row, loaded.family, loaded.processor, video_as_images)
-    return call.prepare(messages), counts
+    return call.prepare(messages, loaded.processor), counts
 
 
 def tokenize_row(
