@@ -18,9 +18,9 @@ from PIL import Image
 from vlmdata.errors import FatalError, RowError
 from vlmdata.modalities.video import video_part
 from vlmdata.models.loading import LoadedProcessor
+from vlmdata.patches import patchifies_like_qwen2_vl
 from vlmdata.pixels import PixelStorage
 from vlmdata.processor_call import PLAIN_CALL, ProcessorCall
-from vlmdata.patches import patchifies_like_qwen2_vl
 from vlmdata.resize_ahead import resize_ahead_settings
 from vlmdata.shards import TensorLayout, probe_layout
 from vlmdata.tensor_spec import VIDEO_PIXELS
